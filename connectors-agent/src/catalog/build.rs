@@ -1,0 +1,157 @@
+//! Building a catalog from objects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use connectors_crd::assess::{self, ready_condition};
+use rustls_pki_types::CertificateDer;
+
+use super::{Catalog, ConnectorReport, EndpointKey, Objects, Problem, Route, RouteState};
+use crate::tls;
+use crate::upstream::Upstreams;
+
+/// Builds generation `generation` of the catalog. Never fails: each unusable object is reported
+/// in `problems` and in its Connector's conditions, and the rest is served.
+pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catalog {
+    let mut problems = Vec::new();
+    for (name, (class, source)) in &objects.classes {
+        let errs = connectors_crd::validation::validate_class(&class.spec);
+        if !errs.is_empty() {
+            problems.push(Problem {
+                source: source.clone(),
+                object: Some(format!("ConnectorClass {name}")),
+                message: connectors_crd::validation::describe(&errs),
+            });
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut reports = Vec::new();
+    let mut index: HashMap<EndpointKey, Vec<_>> = HashMap::new();
+    let mut roots_in_use = Vec::new();
+    for (id, (connector, source)) in &objects.connectors {
+        let _span = tracing::debug_span!("connector", connector = %id).entered();
+        let class = objects
+            .classes
+            .get(&connector.spec.connector_class_name)
+            .map(|(c, _)| c);
+        let mut a = assess::assess(connector, class, |name| {
+            objects
+                .secrets
+                .get(&(id.namespace.clone(), name.to_owned()))
+                .map(|(s, _)| s)
+        });
+        let roots: Result<Vec<CertificateDer<'static>>, String> =
+            a.ca_pem.as_ref().map_err(Clone::clone).and_then(|pems| {
+                let mut all = Vec::new();
+                for pem in pems {
+                    all.extend(tls::parse_pem_certs(pem).map_err(|e| {
+                        format!("caCertSecretRef: {e}")
+                    })?);
+                }
+                Ok(all)
+            });
+        let mut state = match (&a.credential, &roots) {
+            (Ok(c), Ok(_)) => RouteState::Ready(c.clone()),
+            (Err(e), _) | (_, Err(e)) => RouteState::NotReady(e.clone()),
+        };
+        let client = match upstreams.client(roots.as_deref().unwrap_or_default()) {
+            Ok(c) => c,
+            Err(e) => {
+                state = RouteState::NotReady(format!("upstream TLS: {e}"));
+                match upstreams.client(&[]) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        problems.push(Problem {
+                            source: source.clone(),
+                            object: Some(format!("Connector {id}")),
+                            message: format!("no upstream client: {e}"),
+                        });
+                        continue;
+                    }
+                }
+            }
+        };
+        if let Ok(r) = roots {
+            roots_in_use.push(r);
+        }
+        a.conditions.push(ready_condition(&a.conditions));
+        if let RouteState::NotReady(why) = &state {
+            problems.push(Problem {
+                source: source.clone(),
+                object: Some(format!("Connector {id}")),
+                message: why.clone(),
+            });
+        }
+        let addresses: Vec<_> = a
+            .checked
+            .as_ref()
+            .map(|c| c.addresses().cloned().collect())
+            .unwrap_or_default();
+        reports.push(ConnectorReport {
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+            class: connector.spec.connector_class_name.clone(),
+            address: connector.spec.address.clone(),
+            source: source.clone(),
+            endpoints: addresses.iter().map(|a| a.to_string()).collect(),
+            conditions: a.conditions,
+        });
+        if addresses.is_empty() {
+            continue;
+        }
+        let route = Arc::new(Route {
+            id: id.clone(),
+            class: connector.spec.connector_class_name.clone(),
+            addresses: addresses.clone(),
+            state,
+            client,
+        });
+        for addr in addresses {
+            index
+                .entry(EndpointKey {
+                    scheme: addr.scheme,
+                    host: addr.host.clone(),
+                    port: addr.port,
+                })
+                .or_default()
+                .push((addr, route.clone()));
+        }
+        routes.push(route);
+    }
+
+    for candidates in index.values_mut() {
+        // Longest prefix first; ties by Connector id, so the choice is stable.
+        candidates.sort_by(|(a, ra), (b, rb)| {
+            b.path_prefix
+                .len()
+                .cmp(&a.path_prefix.len())
+                .then_with(|| ra.id.cmp(&rb.id))
+        });
+        for pair in candidates.windows(2) {
+            let ((a, ra), (b, rb)) = (&pair[0], &pair[1]);
+            if a.path_prefix == b.path_prefix && ra.id.namespace == rb.id.namespace {
+                problems.push(Problem {
+                    source: objects
+                        .connectors
+                        .get(&rb.id)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or(super::Source::Api),
+                    object: Some(format!("Connector {}", rb.id)),
+                    message: format!(
+                        "{} is also served by Connector {}, which is used for it",
+                        a, ra.id
+                    ),
+                });
+            }
+        }
+    }
+    upstreams.retain(&roots_in_use);
+    Catalog {
+        generation,
+        routes,
+        index,
+        reports,
+        problems,
+    }
+}

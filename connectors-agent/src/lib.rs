@@ -1,0 +1,14 @@
+//! The Connectors node agent: an injecting proxy that adds a Connector's credentials to the
+//! requests of workloads allowed to use it, reached explicitly (HTTP proxy) or transparently
+//! (eBPF or netfilter redirect).
+
+pub mod admin;
+pub mod agent;
+pub mod catalog;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod resolve;
+pub mod standalone;
+pub mod tls;
+pub mod upstream;

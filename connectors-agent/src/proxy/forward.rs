@@ -1,0 +1,148 @@
+//! The explicit forward proxy: `HTTPS_PROXY=http://agent:3128` for git, curl, skopeo. Plain
+//! requests in absolute form are handled directly; `CONNECT` opens a tunnel that is intercepted
+//! only when a Connector serves its host, and refused with 403 otherwise.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use connectors_crd::address::Scheme;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument as _;
+
+use super::handler::{self, authority_with_port};
+use super::{ConnTarget, ProxyBody, Refusal, Shared, intercept};
+use crate::catalog::normalize_host;
+
+/// Accepts forward-proxy connections until shutdown.
+pub async fn serve_forward(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shared.shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        shared.metrics.connection("forward");
+        let span = tracing::debug_span!("conn", listener = "forward", %peer);
+        shared
+            .tasks
+            .spawn(serve_connection(shared.clone(), stream, peer).instrument(span));
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(proxy_request(shared, peer, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "proxy connection ended with an error");
+    }
+}
+
+async fn proxy_request(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return connect(shared, peer, req);
+    }
+    let uri = req.uri();
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::Http,
+        Some("https") => Scheme::Https,
+        Some(other) => {
+            return Refusal::BadRequest(format!("scheme '{other}' is not proxied")).into_response();
+        }
+        None => {
+            return Refusal::BadRequest(
+                "this is a forward proxy: send absolute URLs (http://host/path) or CONNECT".into(),
+            )
+            .into_response();
+        }
+    };
+    let Some(host) = uri.host().map(normalize_host) else {
+        return Refusal::BadRequest("the URL has no host".into()).into_response();
+    };
+    let port = uri.port_u16().unwrap_or(scheme.default_port());
+    let target = ConnTarget {
+        peer,
+        scheme,
+        host: Some(host),
+        port,
+        workload: None,
+    };
+    handler::handle(&shared, &target, req).await
+}
+
+/// Answers a `CONNECT`: 200 and interception when a Connector serves the host, else 403 without
+/// any connection to it.
+fn connect(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    let Some(authority) = req.uri().authority() else {
+        return Refusal::BadRequest("CONNECT needs host:port".into()).into_response();
+    };
+    let host = normalize_host(authority.host());
+    let port = authority.port_u16().unwrap_or(443);
+    if !shared.catalog.load().covers_endpoint(&host, port) {
+        let refusal = Refusal::NoConnector {
+            target: authority_with_port(&host, port),
+        };
+        tracing::info!(code = refusal.code(), "refused CONNECT: {refusal}");
+        shared.metrics.refusal(refusal.code());
+        return refusal.into_response();
+    }
+    tracing::debug!(%host, port, "tunnel opened");
+    let task_shared = shared.clone();
+    shared.tasks.spawn(
+        async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => {
+                    let target = ConnTarget {
+                        peer,
+                        scheme: Scheme::Https,
+                        host: Some(host.clone()),
+                        port,
+                        workload: None,
+                    };
+                    intercept::serve(task_shared, TokioIo::new(upgraded), target, host).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        }
+        .in_current_span(),
+    );
+    let mut resp = Response::new(Either::Right(Full::default()));
+    *resp.status_mut() = StatusCode::OK;
+    resp
+}

@@ -1,0 +1,126 @@
+//! Connections to tools: pooled HTTP/1.1 and HTTP/2 clients, TLS verified against the system
+//! roots plus a Connector's CA, TCP_NODELAY on every socket.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::CertificateDer;
+
+use crate::resolve::Resolver;
+use crate::tls::{self, TlsError};
+
+pub type UpstreamConnector = HttpsConnector<HttpConnector<Resolver>>;
+/// A pooled client; cheap to clone.
+pub type UpstreamClient = Client<UpstreamConnector, Incoming>;
+
+/// Timeouts and pool sizes for upstream connections.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// One pooled client per distinct set of extra CA certificates, reused across config reloads so
+/// that idle connections survive them.
+pub struct Upstreams {
+    provider: Arc<CryptoProvider>,
+    resolver: Resolver,
+    settings: UpstreamSettings,
+    clients: Mutex<HashMap<Vec<u8>, UpstreamClient>>,
+}
+
+impl Upstreams {
+    pub fn new(
+        provider: Arc<CryptoProvider>,
+        resolver: Resolver,
+        settings: UpstreamSettings,
+    ) -> Self {
+        Self {
+            provider,
+            resolver,
+            settings,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// The client that trusts the system roots and `extra_roots`.
+    pub fn client(
+        &self,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<UpstreamClient, TlsError> {
+        let key = roots_key(extra_roots);
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| TlsError::Config("upstream client table poisoned".into()))?;
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = self.build(extra_roots)?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Drops clients no longer used by any Connector (their idle connections close).
+    pub fn retain(&self, in_use: &[Vec<CertificateDer<'static>>]) {
+        let keys: Vec<Vec<u8>> = in_use.iter().map(|r| roots_key(r)).collect();
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.retain(|k, _| k.is_empty() || keys.contains(k));
+        }
+    }
+
+    fn build(&self, extra_roots: &[CertificateDer<'static>]) -> Result<UpstreamClient, TlsError> {
+        let tls = tls::client_config(self.provider.clone(), extra_roots)?;
+        let mut http = HttpConnector::new_with_resolver(self.resolver.clone());
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.settings.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Ok(Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.settings.pool_idle_timeout)
+            .pool_max_idle_per_host(self.settings.pool_max_idle_per_host)
+            .http2_adaptive_window(true)
+            .build(https))
+    }
+}
+
+/// The table key of a set of CA certificates: each one, length-prefixed.
+fn roots_key(roots: &[CertificateDer<'static>]) -> Vec<u8> {
+    roots
+        .iter()
+        .flat_map(|c| {
+            let len = u32::try_from(c.len()).unwrap_or(u32::MAX).to_be_bytes();
+            len.into_iter().chain(c.iter().copied())
+        })
+        .collect()
+}

@@ -1,0 +1,301 @@
+//! What can be known of a Connector without talking to its tool: does its class exist and hold,
+//! does its spec fit the class, is its Secret there and right. The controller adds the probes;
+//! the standalone agent uses this as is.
+
+use k8s_openapi::api::core::v1::Secret;
+
+use crate::class::ConnectorClass;
+use crate::condition::{Condition, Status, types};
+use crate::connector::Connector;
+use crate::credentials::{self, Credential, SecretData};
+use crate::validation::{self, CheckedConnector};
+
+/// Condition reasons.
+pub mod reasons {
+    pub const CLASS_NOT_FOUND: &str = "ConnectorClassNotFound";
+    pub const CLASS_INVALID: &str = "ConnectorClassInvalid";
+    pub const CLASS_READY: &str = "ConnectorClassReady";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const SECRET_INVALID: &str = "SecretInvalid";
+    pub const SECRET_READY: &str = "SecretReady";
+    pub const SECRET_OPTIONAL: &str = "SecretOptional";
+    pub const NO_AUTH: &str = "NoAuth";
+    pub const CA_CERT_INVALID: &str = "CACertInvalid";
+    pub const READY: &str = "Ready";
+}
+
+/// The outcome of the checks.
+#[derive(Debug)]
+pub struct Assessment {
+    /// `ConnectorClassReady` and, once the class holds, `SecretReady`.
+    pub conditions: Vec<Condition>,
+    /// The Connector's spec, checked against its class.
+    pub checked: Option<CheckedConnector>,
+    /// What the proxy adds to requests, or why it cannot serve.
+    pub credential: Result<Option<Credential>, String>,
+    /// PEM CA certificates from `caCertSecretRef`, or why they are unusable.
+    pub ca_pem: Result<Vec<Vec<u8>>, String>,
+    /// The secret data, for probes.
+    pub secret: Option<SecretData>,
+}
+
+impl Assessment {
+    /// True when every condition so far is True.
+    pub fn all_true(&self) -> bool {
+        self.conditions.iter().all(Condition::is_true)
+    }
+}
+
+/// Checks a Connector. `secret` looks a Secret up by name in the Connector's namespace.
+pub fn assess<'a>(
+    connector: &Connector,
+    class: Option<&ConnectorClass>,
+    secret: impl Fn(&str) -> Option<&'a Secret>,
+) -> Assessment {
+    let ns = connector.metadata.namespace.as_deref().unwrap_or("default");
+    let class_name = &connector.spec.connector_class_name;
+    let mut a = Assessment {
+        conditions: Vec::new(),
+        checked: None,
+        credential: Err(String::new()),
+        ca_pem: Ok(Vec::new()),
+        secret: None,
+    };
+    let Some(class) = class else {
+        let msg = format!("ConnectorClass '{class_name}' does not exist");
+        a.conditions.push(Condition::new(
+            types::CONNECTOR_CLASS_READY,
+            Status::False,
+            reasons::CLASS_NOT_FOUND,
+            msg.clone(),
+        ));
+        a.credential = Err(msg);
+        return a;
+    };
+    let class_errors = validation::validate_class(&class.spec);
+    if !class_errors.is_empty() {
+        let msg = format!(
+            "ConnectorClass '{class_name}' is invalid: {}",
+            validation::describe(&class_errors)
+        );
+        a.conditions.push(Condition::new(
+            types::CONNECTOR_CLASS_READY,
+            Status::False,
+            reasons::CLASS_INVALID,
+            msg.clone(),
+        ));
+        a.credential = Err(msg);
+        return a;
+    }
+    let checked = match validation::validate_connector(connector, &class.spec) {
+        Ok(c) => c,
+        Err(errs) => {
+            let msg = validation::describe(&errs);
+            a.conditions.push(Condition::new(
+                types::CONNECTOR_CLASS_READY,
+                Status::False,
+                reasons::INVALID_SPEC,
+                format!("the Connector does not fit class '{class_name}': {msg}"),
+            ));
+            a.credential = Err(format!("invalid spec: {msg}"));
+            return a;
+        }
+    };
+    a.conditions.push(Condition::new(
+        types::CONNECTOR_CLASS_READY,
+        Status::True,
+        reasons::CLASS_READY,
+        format!("class '{class_name}' found and the Connector fits it"),
+    ));
+
+    let (status, reason, message, credential) =
+        match (&checked.auth_type, &checked.secret_name) {
+            (None, _) => (
+                Status::True,
+                reasons::NO_AUTH,
+                format!("class '{class_name}' has no auth types; requests pass unchanged"),
+                Ok(None),
+            ),
+            (Some(t), None) => (
+                Status::True,
+                reasons::SECRET_OPTIONAL,
+                format!(
+                    "auth type '{}' is optional and no Secret is set; requests pass unchanged",
+                    t.name
+                ),
+                Ok(None),
+            ),
+            (Some(t), Some(name)) => match secret(name) {
+                None => {
+                    let m = format!("Secret '{ns}/{name}' not found");
+                    (
+                        Status::False,
+                        reasons::SECRET_NOT_FOUND,
+                        m.clone(),
+                        Err(m),
+                    )
+                }
+                Some(s) => {
+                    let data = SecretData::from_secret(s);
+                    let rendered = credentials::check_secret(t, &data)
+                        .and_then(|()| credentials::render(t, &data, &checked.params));
+                    a.secret = Some(data);
+                    match rendered {
+                        Ok(c) => (
+                            Status::True,
+                            reasons::SECRET_READY,
+                            format!("Secret '{ns}/{name}' fits auth type '{}'", t.name),
+                            Ok(Some(c)),
+                        ),
+                        Err(e) => {
+                            let m = format!("Secret '{ns}/{name}': {e}");
+                            (Status::False, reasons::SECRET_INVALID, m.clone(), Err(m))
+                        }
+                    }
+                }
+            },
+        };
+    a.conditions.push(Condition::new(
+        types::SECRET_READY,
+        status,
+        reason,
+        message,
+    ));
+    a.credential = credential;
+
+    if let Some(r) = &connector.spec.ca_cert_secret_ref {
+        a.ca_pem = match secret(&r.name) {
+            None => Err(format!(
+                "caCertSecretRef: Secret '{ns}/{}' not found",
+                r.name
+            )),
+            Some(s) => ca_certificates(s)
+                .ok_or_else(|| format!("caCertSecretRef: Secret '{ns}/{}' holds no PEM certificate (keys ca.crt, *.crt or *.pem)", r.name)),
+        };
+        if let Err(m) = &a.ca_pem {
+            a.conditions.push(Condition::new(
+                types::SECRET_READY,
+                Status::False,
+                reasons::CA_CERT_INVALID,
+                m.clone(),
+            ));
+        }
+    }
+    a.checked = Some(checked);
+    a
+}
+
+/// PEM blocks of a CA Secret: `ca.crt`, keys ending `.crt` or `.pem`, or any value holding a PEM
+/// certificate header.
+pub fn ca_certificates(secret: &Secret) -> Option<Vec<Vec<u8>>> {
+    const HEADER: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    let mut out = Vec::new();
+    let data = secret.data.iter().flatten().map(|(k, v)| (k, v.0.as_slice()));
+    let string_data = secret
+        .string_data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k, v.as_bytes()));
+    for (_k, v) in data.chain(string_data) {
+        if v.windows(HEADER.len()).any(|w| w == HEADER) {
+            out.push(v.to_vec());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The `Ready` condition summing up `conditions`: the first False (or Unknown) one decides.
+pub fn ready_condition(conditions: &[Condition]) -> Condition {
+    for status in [Status::False, Status::Unknown] {
+        if let Some(c) = conditions.iter().find(|c| c.status == status.as_str()) {
+            return Condition::new(types::READY, status, &c.reason, c.message.clone());
+        }
+    }
+    Condition::new(
+        types::READY,
+        Status::True,
+        reasons::READY,
+        "all checks passed",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::{ConnectorAuth, ConnectorSpec, SecretReference};
+    use std::collections::BTreeMap;
+
+    fn class() -> ConnectorClass {
+        serde_yaml_ng::from_str(include_str!("../../../deploy/classes/git.yaml")).unwrap()
+    }
+
+    fn connector() -> Connector {
+        let mut c = Connector::new(
+            "git",
+            ConnectorSpec {
+                connector_class_name: "git".into(),
+                address: "https://git.test".into(),
+                auth: Some(ConnectorAuth {
+                    secret_ref: Some(SecretReference {
+                        name: "creds".into(),
+                        namespace: None,
+                    }),
+                    params: vec![crate::connector::NamedValue {
+                        name: "repository".into(),
+                        value: "r.git".into(),
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        c.metadata.namespace = Some("ns".into());
+        c
+    }
+
+    fn secret(kv: &[(&str, &str)], type_: &str) -> Secret {
+        Secret {
+            type_: Some(type_.into()),
+            string_data: Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn missing_class() {
+        let a = assess(&connector(), None, |_| None);
+        assert_eq!(a.conditions[0].reason, reasons::CLASS_NOT_FOUND);
+        assert_eq!(ready_condition(&a.conditions).status, "False");
+    }
+
+    #[test]
+    fn missing_and_wrong_secret() {
+        let cls = class();
+        let a = assess(&connector(), Some(&cls), |_| None);
+        assert_eq!(a.conditions[1].reason, reasons::SECRET_NOT_FOUND);
+        assert!(a.credential.unwrap_err().contains("ns/creds"));
+
+        let s = secret(&[("token", "x")], "Opaque");
+        let a = assess(&connector(), Some(&cls), |_| Some(&s));
+        assert_eq!(a.conditions[1].reason, reasons::SECRET_INVALID);
+        assert!(a.conditions[1].message.contains("kubernetes.io/basic-auth"));
+    }
+
+    #[test]
+    fn good_secret() {
+        let cls = class();
+        let s = secret(
+            &[("username", "u"), ("password", "p")],
+            "kubernetes.io/basic-auth",
+        );
+        let a = assess(&connector(), Some(&cls), |_| Some(&s));
+        assert!(a.all_true(), "{:?}", a.conditions);
+        assert!(matches!(a.credential, Ok(Some(_))));
+        assert_eq!(ready_condition(&a.conditions).status, "True");
+    }
+}

@@ -1,0 +1,239 @@
+//! `ConnectorClass`: a tool type (git, oci, k8s, or one a user defines in YAML).
+#![allow(
+    clippy::duplicated_attributes,
+    reason = "each kube printcolumn(...) group repeats type_; clippy sees duplicates"
+)]
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::condition::Condition;
+
+/// A tool type. Everything the system knows about a type (which addresses are valid, which Secret
+/// carries its credentials, how the proxy puts them on the wire, how to probe it) is data in this
+/// object: the built-in classes use nothing that a user-written class could not.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "connectors.io",
+    version = "v1alpha1",
+    kind = "ConnectorClass",
+    status = "ConnectorClassStatus",
+    shortname = "ctc",
+    category = "connectors",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorClassSpec {
+    /// Rules for `Connector.spec.address`.
+    #[serde(default)]
+    pub address: AddressRules,
+    /// Extra addresses a Connector of this class may declare (for example a registry's token
+    /// realm). An entry without `default` is required on every Connector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub address_extensions: Vec<ParamSpec>,
+    /// Parameters a Connector may set in `spec.params`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<ParamSpec>,
+    /// The ways a Connector of this class can authenticate to the tool.
+    #[serde(default)]
+    pub auth: ClassAuth,
+    /// How to check that the tool is reachable, without credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// How to check that the credentials are accepted, one probe per auth type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth_probes: Vec<AuthProbe>,
+}
+
+/// Rules for a Connector's address.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressRules {
+    /// Shown to people filling in the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// URL schemes an address may use. Empty means `http` and `https`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemes: Vec<String>,
+    /// Host patterns the address must match: an exact host (`git.corp`) or a wildcard for one or
+    /// more leading labels (`*.corp`). Empty means any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+/// A named parameter (of a class address extension, class parameter or auth type).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParamSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Used when the Connector gives no value; without a default the value is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassAuth {
+    #[serde(default)]
+    pub types: Vec<AuthType>,
+}
+
+/// One way to authenticate: which Secret holds the credentials, and how they are injected.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthType {
+    pub name: String,
+    /// The Secret `type` required, e.g. `kubernetes.io/basic-auth` or `Opaque`.
+    pub secret_type: String,
+    /// A Connector of this auth type may omit the Secret (anonymous access).
+    #[serde(default)]
+    pub optional: bool,
+    /// Keys the Secret must hold (beyond what its type implies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<ParamSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// How the proxy puts the credentials on each request. When absent it follows the Secret
+    /// type: `kubernetes.io/basic-auth` gives Basic, a Secret with a `token` key gives Bearer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injection: Option<Injection>,
+}
+
+/// How credentials go on the wire. Exactly one member is set.
+///
+/// Values are templates: `${secret.KEY}` is replaced by the Secret's key, `${params.NAME}` by a
+/// Connector parameter.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Injection {
+    /// `Authorization: Basic base64(username:password)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicInjection>,
+    /// `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer: Option<BearerInjection>,
+    /// A named header with a templated value, e.g. `PRIVATE-TOKEN: ${secret.token}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<NamedTemplate>,
+    /// A query parameter with a templated value, e.g. `access_token=${secret.token}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<NamedTemplate>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicInjection {
+    #[serde(default = "default_username")]
+    pub username: String,
+    #[serde(default = "default_password")]
+    pub password: String,
+}
+
+impl Default for BasicInjection {
+    fn default() -> Self {
+        Self {
+            username: default_username(),
+            password: default_password(),
+        }
+    }
+}
+
+fn default_username() -> String {
+    "${secret.username}".to_owned()
+}
+
+fn default_password() -> String {
+    "${secret.password}".to_owned()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BearerInjection {
+    #[serde(default = "default_token")]
+    pub token: String,
+}
+
+impl Default for BearerInjection {
+    fn default() -> Self {
+        Self {
+            token: default_token(),
+        }
+    }
+}
+
+fn default_token() -> String {
+    "${secret.token}".to_owned()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedTemplate {
+    pub name: String,
+    pub value: String,
+}
+
+/// A check made by the controller.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    pub http: HttpProbe,
+}
+
+/// An HTTP request to the tool, and what a good answer looks like.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// Path and query, joined to the Connector's address; a template (`${params.repository}`).
+    pub path: String,
+    /// `GET` unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Extra request headers (templates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<NamedTemplate>,
+    /// Status codes that mean success. Empty means 200.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success_codes: Vec<u16>,
+}
+
+/// The probe that checks the credentials of one auth type.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthProbe {
+    pub auth_name: String,
+    /// Values the Connector must give in `spec.auth.params` for this probe (e.g. a repository).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<ParamSpec>,
+    pub probe: Probe,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorClassStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl ConnectorClassSpec {
+    /// The auth type with this name.
+    pub fn auth_type(&self, name: &str) -> Option<&AuthType> {
+        self.auth.types.iter().find(|t| t.name == name)
+    }
+}

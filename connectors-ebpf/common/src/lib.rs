@@ -1,0 +1,2 @@
+//! Map layouts shared by the eBPF programs and the agent.
+#![no_std]
