@@ -1,1 +1,15 @@
+//! Harness for the end-to-end tests: real tool servers on loopback, the real agent binary.
+//!
+//! Nothing here is a mock: nginx serves git through `git http-backend` (fcgiwrap), TLS uses real
+//! certificates, and the agent runs as its own process so its memory and logs can be measured.
+//! A missing tool makes a test fail with the command that installs it; it never skips.
 
+pub mod agent;
+pub mod git_server;
+pub mod pki;
+pub mod process;
+
+pub use agent::AgentProcess;
+pub use git_server::{GitServer, GitServerOptions};
+pub use pki::TestCa;
+pub use process::{free_port, require_tool, run, run_ok, target_bin, wait_until};
