@@ -1,0 +1,38 @@
+//! `cargo xtask test`: what CI runs. Lints, generated-file checks, a build of every binary, then
+//! every test: unit tests, end-to-end tests against real tools, privileged tests (as root).
+
+use clap::Args;
+
+use crate::cmd::{cargo, exec};
+
+#[derive(Args, Default)]
+pub struct TestArgs {
+    /// Skip fmt and clippy.
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Passed to `cargo test` (a test name filter, `--nocapture`...).
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    if !args.no_lint {
+        exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        exec(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    // The end-to-end tests run the binaries, so build them first.
+    exec(cargo().args(["build", "--workspace", "--bins"]))?;
+    exec(cargo()
+        .args(["test", "--workspace", "--no-fail-fast", "--"])
+        .args(&args.cargo_test_args))?;
+    eprintln!("all checks and tests passed");
+    Ok(())
+}
+
