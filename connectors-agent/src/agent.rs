@@ -34,7 +34,9 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("the transparent listener must not be on loopback ({0}): workloads in other network namespaces cannot reach it")]
+    #[error(
+        "the transparent listener must not be on loopback ({0}): workloads in other network namespaces cannot reach it"
+    )]
     LoopbackTransparent(SocketAddr),
 }
 

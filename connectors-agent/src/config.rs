@@ -22,7 +22,11 @@ pub struct Args {
     pub config_dir: PathBuf,
 
     /// Explicit forward proxy (HTTP_PROXY / HTTPS_PROXY) listen address.
-    #[arg(long, env = "CONNECTORS_PROXY_LISTEN", default_value = "127.0.0.1:3128")]
+    #[arg(
+        long,
+        env = "CONNECTORS_PROXY_LISTEN",
+        default_value = "127.0.0.1:3128"
+    )]
     pub proxy_listen: SocketAddr,
 
     /// Transparent listener for redirected connections (must be reachable from workloads, so not
@@ -31,19 +35,36 @@ pub struct Args {
     pub transparent_listen: Option<SocketAddr>,
 
     /// Where a transparent connection's original destination comes from.
-    #[arg(long, env = "CONNECTORS_ORIGINAL_DST", value_enum, default_value = "netfilter")]
+    #[arg(
+        long,
+        env = "CONNECTORS_ORIGINAL_DST",
+        value_enum,
+        default_value = "netfilter"
+    )]
     pub original_dst: OriginalDstSource,
 
     /// Status API: /connectors, /problems, /ca.crt.
-    #[arg(long, env = "CONNECTORS_ADMIN_LISTEN", default_value = "127.0.0.1:15000")]
+    #[arg(
+        long,
+        env = "CONNECTORS_ADMIN_LISTEN",
+        default_value = "127.0.0.1:15000"
+    )]
     pub admin_listen: SocketAddr,
 
     /// Prometheus metrics: /metrics.
-    #[arg(long, env = "CONNECTORS_METRICS_LISTEN", default_value = "127.0.0.1:15020")]
+    #[arg(
+        long,
+        env = "CONNECTORS_METRICS_LISTEN",
+        default_value = "127.0.0.1:15020"
+    )]
     pub metrics_listen: SocketAddr,
 
     /// Health: /healthz (alive) and /readyz (configuration loaded, listeners up).
-    #[arg(long, env = "CONNECTORS_HEALTH_LISTEN", default_value = "127.0.0.1:15021")]
+    #[arg(
+        long,
+        env = "CONNECTORS_HEALTH_LISTEN",
+        default_value = "127.0.0.1:15021"
+    )]
     pub health_listen: SocketAddr,
 
     /// CA certificate (PEM) that signs the certificates presented to workloads. Default:
@@ -72,7 +93,12 @@ pub struct Args {
     pub drain_timeout: Duration,
 
     /// Log format.
-    #[arg(long, env = "CONNECTORS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "CONNECTORS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 

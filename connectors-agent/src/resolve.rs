@@ -105,7 +105,11 @@ mod tests {
     async fn overrides_win_and_literals_pass_through() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hosts");
-        std::fs::write(&p, "# test\n198.18.0.2 git.test Other.Test\nfd00::2 git.test\n").unwrap();
+        std::fs::write(
+            &p,
+            "# test\n198.18.0.2 git.test Other.Test\nfd00::2 git.test\n",
+        )
+        .unwrap();
         let r = Resolver::from_hosts_file(&p).unwrap();
         let a = r.lookup("GIT.test", 443).await.unwrap();
         assert_eq!(

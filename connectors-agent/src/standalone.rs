@@ -393,7 +393,11 @@ stringData: {username: u, password: hunter2}
         std::fs::write(&file, "apiVersion: [unclosed\n").unwrap();
         let (objects, problems) = f.load().unwrap();
         assert_eq!(objects.connectors.len(), 1);
-        assert!(problems.iter().any(|p| p.message.contains("not valid YAML")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("not valid YAML"))
+        );
         std::fs::remove_file(&file).unwrap();
         let (objects, _) = f.load().unwrap();
         assert!(objects.connectors.is_empty());

@@ -184,16 +184,23 @@ http {{
     /// Creates a bare repository `name` (e.g. `repo.git`) with one commit holding `files`.
     pub fn create_repo(&self, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
         let bare = self.dir().join("repos").join(name);
-        run_ok(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(&bare));
         run_ok(
             Command::new("git")
-                .arg("-C")
-                .arg(&bare)
-                .args(["config", "http.receivepack", "true"]),
+                .args(["init", "-q", "--bare", "-b", "main"])
+                .arg(&bare),
         );
+        run_ok(Command::new("git").arg("-C").arg(&bare).args([
+            "config",
+            "http.receivepack",
+            "true",
+        ]));
         let work = tempfile::tempdir().expect("tempdir");
         let w = work.path();
-        run_ok(Command::new("git").args(["init", "-q", "-b", "main"]).arg(w));
+        run_ok(
+            Command::new("git")
+                .args(["init", "-q", "-b", "main"])
+                .arg(w),
+        );
         for (path, content) in files {
             let p = w.join(path);
             if let Some(parent) = p.parent() {

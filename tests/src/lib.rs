@@ -5,11 +5,13 @@
 //! A missing tool makes a test fail with the command that installs it; it never skips.
 
 pub mod agent;
+pub mod config_dir;
 pub mod git_server;
 pub mod pki;
 pub mod process;
 
 pub use agent::AgentProcess;
+pub use config_dir::{ConfigDir, GitConnector};
 pub use git_server::{GitServer, GitServerOptions};
 pub use pki::TestCa;
 pub use process::{free_port, require_tool, run, run_ok, target_bin, wait_until};

@@ -22,15 +22,20 @@ pub fn require_tool(tool: &str) {
     );
 }
 
-/// A binary of this workspace, built by `cargo build` (which `cargo xtask test` runs first).
+/// A binary of this workspace, built by `cargo build` (which `cargo xtask test` runs first):
+/// in `$CONNECTORS_BIN_DIR` when set, else in the profile folder of the running test.
 pub fn target_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_owned();
+    let dir = match std::env::var_os("CONNECTORS_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            // target/<profile>/deps/<test> -> target/<profile>
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(|d| d.parent())
+                .expect("target dir")
+                .to_owned()
+        }
+    };
     let bin = dir.join(name);
     assert!(
         bin.is_file(),

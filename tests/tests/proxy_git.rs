@@ -12,7 +12,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use connectors_tests::git_server::git_in;
 use connectors_tests::{
-    AgentProcess, GitServer, GitServerOptions, TestCa, free_port, require_tool, run, run_ok,
+    AgentProcess, ConfigDir, GitConnector, GitServer, GitServerOptions, TestCa, free_port,
+    require_tool, run, run_ok,
 };
 
 const USER: &str = "alice";
@@ -22,7 +23,7 @@ const WRONG: &str = "wrong-battery";
 struct Fixture {
     ca: TestCa,
     server: GitServer,
-    config: tempfile::TempDir,
+    config: ConfigDir,
     hosts: PathBuf,
     work: tempfile::TempDir,
 }
@@ -37,37 +38,15 @@ impl Fixture {
             ..Default::default()
         });
         server.create_repo("repo.git", &[("README.md", b"hello from the git server\n")]);
-        let config = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            config.path().join("git-class.yaml"),
-            include_str!("../../deploy/classes/git.yaml"),
-        )
-        .expect("class");
-        let port = server.addr.port();
-        let connector = format!(
-            r#"apiVersion: connectors.io/v1alpha1
-kind: Connector
-metadata: {{name: git, namespace: default}}
-spec:
-  connectorClassName: git
-  address: https://git.test:{port}
-  auth:
-    secretRef: {{name: git-creds}}
-    params: [{{name: repository, value: repo.git}}]
-  caCertSecretRef: {{name: git-ca}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: git-ca, namespace: default}}
-stringData:
-  ca.crt: |
-{ca}
-"#,
-            ca = indent(&ca.cert_pem, 4)
-        );
-        std::fs::write(config.path().join("connector.yaml"), connector).expect("connector");
-        let hosts = config.path().join(".hosts");
-        std::fs::write(&hosts, "127.0.0.1 git.test other.test\n").expect("hosts");
+        let config = ConfigDir::new();
+        config.git_connector(&GitConnector {
+            name: "git",
+            address: server.url("git.test"),
+            repository: "repo.git",
+            secret: Some("git-creds"),
+            ca_pem: Some(&ca.cert_pem),
+        });
+        let hosts = config.hosts_file(&[("127.0.0.1", "git.test other.test")]);
         let f = Self {
             ca,
             server,
@@ -80,13 +59,7 @@ stringData:
     }
 
     fn write_secret(&self, password: &str) {
-        let secret = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: git-creds, namespace: default}}\ntype: kubernetes.io/basic-auth\nstringData:\n  username: {USER}\n  password: {password}\n"
-        );
-        // Write then rename, as editors and kubectl-style tools do.
-        let tmp = self.config.path().join(".secret.yaml.tmp");
-        std::fs::write(&tmp, secret).expect("secret");
-        std::fs::rename(&tmp, self.config.path().join("secret.yaml")).expect("rename");
+        self.config.basic_auth_secret("git-creds", USER, password);
     }
 
     fn agent(&self, log_level: &str) -> AgentProcess {
@@ -114,14 +87,6 @@ stringData:
             .git_via(agent, self.work.path())
             .args(["clone", "-q", &self.repo_url(), name]))
     }
-}
-
-fn indent(text: &str, n: usize) -> String {
-    let pad = " ".repeat(n);
-    text.lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn stderr(o: &std::process::Output) -> String {
@@ -162,7 +127,9 @@ fn clone_and_push_with_no_credentials_in_the_client() {
     std::fs::write(clone.join("pushed.txt"), "pushed through the proxy\n").expect("write");
     run_ok(git_in(&clone).args(["add", "pushed.txt"]));
     run_ok(git_in(&clone).args(["commit", "-q", "-m", "push test"]));
-    let out = run(f.git_via(&agent, &clone).args(["push", "-q", "origin", "main"]));
+    let out = run(f
+        .git_via(&agent, &clone)
+        .args(["push", "-q", "origin", "main"]));
     assert!(out.status.success(), "push failed: {}", stderr(&out));
     let log = run_ok(
         Command::new("git")
@@ -175,18 +142,31 @@ fn clone_and_push_with_no_credentials_in_the_client() {
         f.server
             .access_log()
             .lines()
-            .any(|l| l.starts_with("alice ") && l.contains("git-receive-pack") && l.contains(" 200 ")),
+            .any(|l| l.starts_with("alice ")
+                && l.contains("git-receive-pack")
+                && l.contains(" 200 ")),
         "no authenticated receive-pack:\n{}",
         f.server.access_log()
     );
 
     // The same clone without the proxy is refused by the server.
     let ca = f.ca.write_cert(f.work.path());
-    let resolve = format!("http.curloptResolve=git.test:{}:127.0.0.1", f.server.addr.port());
-    let out = run(git_in(f.work.path())
-        .env("GIT_SSL_CAINFO", &ca)
-        .args(["-c", &resolve, "clone", "-q", &f.repo_url(), "direct"]));
-    assert!(!out.status.success(), "direct clone without credentials succeeded");
+    let resolve = format!(
+        "http.curloptResolve=git.test:{}:127.0.0.1",
+        f.server.addr.port()
+    );
+    let out = run(git_in(f.work.path()).env("GIT_SSL_CAINFO", &ca).args([
+        "-c",
+        &resolve,
+        "clone",
+        "-q",
+        &f.repo_url(),
+        "direct",
+    ]));
+    assert!(
+        !out.status.success(),
+        "direct clone without credentials succeeded"
+    );
     assert!(
         f.server
             .access_log()
@@ -203,7 +183,10 @@ fn wrong_password_is_reported_naming_the_connector() {
     let f = Fixture::new(WRONG);
     let agent = f.agent("debug");
     let out = f.clone_via(&agent, "clone");
-    assert!(!out.status.success(), "clone with a wrong password succeeded");
+    assert!(
+        !out.status.success(),
+        "clone with a wrong password succeeded"
+    );
     let err = stderr(&out);
     assert!(err.contains("default/git"), "no Connector named: {err}");
     assert!(
@@ -238,7 +221,8 @@ fn a_host_no_connector_covers_is_refused_without_contacting_it() {
 
     // CONNECT to a host no Connector covers: 403 naming it.
     let mut s = std::net::TcpStream::connect(agent.proxy).expect("connect to proxy");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     write!(
         s,
         "CONNECT other.test:{0} HTTP/1.1\r\nHost: other.test:{0}\r\n\r\n",
@@ -256,14 +240,31 @@ fn a_host_no_connector_covers_is_refused_without_contacting_it() {
 
     // A plain request to it: 403 naming it.
     let url = format!("http://other.test:{}/", other.port());
-    let body = run_ok(Command::new("curl").args(["-s", "-x", &agent.proxy_url(), &url, "-w", "\n%{http_code}"]));
+    let body = run_ok(Command::new("curl").args([
+        "-s",
+        "-x",
+        &agent.proxy_url(),
+        &url,
+        "-w",
+        "\n%{http_code}",
+    ]));
     assert!(body.ends_with("\n403"), "{body}");
-    assert!(body.contains(&format!("other.test:{}", other.port())), "{body}");
+    assert!(
+        body.contains(&format!("other.test:{}", other.port())),
+        "{body}"
+    );
 
     // The Connector's own host on another port is not covered either.
     let url = format!("https://git.test:{}/", free_port());
     let out = run(Command::new("curl").args([
-        "-s", "-o", "/dev/null", "-x", &agent.proxy_url(), &url, "-w", "%{http_connect}",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-x",
+        &agent.proxy_url(),
+        &url,
+        "-w",
+        "%{http_connect}",
     ]));
     assert!(!out.status.success(), "the tunnel was opened");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
@@ -289,7 +290,11 @@ fn editing_the_secret_applies_without_a_restart() {
     agent.wait_generation_after(generation);
     let out = f.clone_via(&agent, "two");
     assert!(!out.status.success(), "the old password is still in use");
-    assert!(stderr(&out).contains("refused the credentials"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the credentials"),
+        "{}",
+        stderr(&out)
+    );
 
     // A broken file is reported by path and field; everything else keeps working.
     let generation = agent.generation();
@@ -304,7 +309,11 @@ fn editing_the_secret_applies_without_a_restart() {
     assert!(problems.contains("broken.yaml"), "{problems}");
     assert!(problems.contains("spec.address"), "{problems}");
     let out = f.clone_via(&agent, "three");
-    assert!(out.status.success(), "new password not applied: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "new password not applied: {}",
+        stderr(&out)
+    );
     assert_eq!(agent.pid(), pid);
     assert_no_secret_in_log(&agent);
 }
@@ -321,7 +330,16 @@ fn a_gigabyte_streams_each_way_in_bounded_memory() {
 
     let url = format!("{}/files/big.bin", f.server.url("git.test"));
     let size = run_ok(Command::new("curl").args([
-        "-sS", "--fail", "--cacert", ca, "-x", &agent.proxy_url(), &url, "-o", "/dev/null", "-w",
+        "-sS",
+        "--fail",
+        "--cacert",
+        ca,
+        "-x",
+        &agent.proxy_url(),
+        &url,
+        "-o",
+        "/dev/null",
+        "-w",
         "%{size_download}",
     ]));
     assert_eq!(size, GIB.to_string(), "download size");
@@ -332,11 +350,25 @@ fn a_gigabyte_streams_each_way_in_bounded_memory() {
         .expect("upload file");
     let url = format!("{}/put/upload.bin", f.server.url("git.test"));
     let code = run_ok(Command::new("curl").args([
-        "-sS", "--cacert", ca, "-x", &agent.proxy_url(), "-T", upload.to_str().expect("utf-8"),
-        &url, "-o", "/dev/null", "-w", "%{http_code}",
+        "-sS",
+        "--cacert",
+        ca,
+        "-x",
+        &agent.proxy_url(),
+        "-T",
+        upload.to_str().expect("utf-8"),
+        &url,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
     ]));
     assert_eq!(code, "201", "upload answer");
-    assert_eq!(f.server.uploaded_size("upload.bin"), Some(GIB), "bytes stored by the server");
+    assert_eq!(
+        f.server.uploaded_size("upload.bin"),
+        Some(GIB),
+        "bytes stored by the server"
+    );
 
     let peak = agent.peak_rss_kib();
     eprintln!("agent peak RSS after streaming 1 GiB each way: {peak} KiB");
@@ -350,8 +382,17 @@ fn http2_through_the_proxy() {
     let agent = f.agent("debug");
     let url = format!("{}/info/refs?service=git-upload-pack", f.repo_url());
     let out = run_ok(Command::new("curl").args([
-        "-sS", "--http2", "--cacert", agent.ca_path().to_str().expect("utf-8"), "-x",
-        &agent.proxy_url(), &url, "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+        "-sS",
+        "--http2",
+        "--cacert",
+        agent.ca_path().to_str().expect("utf-8"),
+        "-x",
+        &agent.proxy_url(),
+        &url,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
     ]));
     assert_eq!(out, "200 2");
     assert_no_secret_in_log(&agent);

@@ -65,18 +65,22 @@ pub fn apt(packages: &[&str]) -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    exec(Command::new("apt-get")
-        .args(["update", "-qq"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
     .or_else(|e| {
         // A third-party source failing must not stop the Debian ones.
         eprintln!("apt-get update reported a problem ({e}); continuing");
         Ok::<(), anyhow::Error>(())
     })?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// Where the project's own tools live (a cache: rebuilt when missing).
@@ -98,10 +102,16 @@ pub fn bpf_linker_path() -> PathBuf {
 /// Builds bpf-linker against the toolchain's libLLVM, once.
 fn bpf_linker() -> anyhow::Result<()> {
     let bin = bpf_linker_path();
-    if bin.is_file() && Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if bin.is_file()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
-    let sysroot = cmd::output(Command::new("rustc").args([&format!("+{TOOLCHAIN}"), "--print", "sysroot"]))?;
+    let sysroot =
+        cmd::output(Command::new("rustc").args([&format!("+{TOOLCHAIN}"), "--print", "sysroot"]))?;
     let libdir = PathBuf::from(sysroot.trim()).join("lib");
     let lib = std::fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
@@ -129,10 +139,18 @@ fn bpf_linker() -> anyhow::Result<()> {
         std::os::unix::fs::symlink(&lib, &link)?;
     }
     let root = tools_dir().join(format!("tools-{TOOLCHAIN}"));
-    exec(Command::new("cargo")
-        .arg(format!("+{TOOLCHAIN}"))
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
-        .args(["--locked", "--no-default-features", "--features", "llvm-22", "--root"])
-        .arg(&root)
-        .env("LLVM_PREFIX", &prefix))
+    exec(
+        Command::new("cargo")
+            .arg(format!("+{TOOLCHAIN}"))
+            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+            .args([
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--root",
+            ])
+            .arg(&root)
+            .env("LLVM_PREFIX", &prefix),
+    )
 }

@@ -29,10 +29,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     }
     // The end-to-end tests run the binaries, so build them first.
     exec(cargo().args(["build", "--workspace", "--bins"]))?;
-    exec(cargo()
-        .args(["test", "--workspace", "--no-fail-fast", "--"])
-        .args(&args.cargo_test_args))?;
+    exec(
+        cargo()
+            .args(["test", "--workspace", "--no-fail-fast", "--"])
+            .args(&args.cargo_test_args),
+    )?;
     eprintln!("all checks and tests passed");
     Ok(())
 }
-

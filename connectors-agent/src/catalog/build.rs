@@ -45,9 +45,9 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
             a.ca_pem.as_ref().map_err(Clone::clone).and_then(|pems| {
                 let mut all = Vec::new();
                 for pem in pems {
-                    all.extend(tls::parse_pem_certs(pem).map_err(|e| {
-                        format!("caCertSecretRef: {e}")
-                    })?);
+                    all.extend(
+                        tls::parse_pem_certs(pem).map_err(|e| format!("caCertSecretRef: {e}"))?,
+                    );
                 }
                 Ok(all)
             });

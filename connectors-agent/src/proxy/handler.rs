@@ -149,13 +149,17 @@ async fn forward(
 
 /// The host a request is for, checked against the connection's host when it has one.
 fn request_host(target: &ConnTarget, req: &Request<Incoming>) -> Result<String, Refusal> {
-    let named = req.uri().authority().map(|a| a.host().to_owned()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .map(|a| a.host().to_owned())
-    });
+    let named = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .map(|a| a.host().to_owned())
+        });
     match (&target.host, named) {
         (Some(conn), Some(named)) => {
             if normalize_host(conn) != normalize_host(&named) {

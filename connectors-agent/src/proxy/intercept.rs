@@ -20,8 +20,12 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Serves a connection to its end. `target.scheme` is set here from what the workload speaks.
 /// `fallback_host` names the certificate when the workload sends no server name.
-pub async fn serve<IO>(shared: Arc<Shared>, mut io: IO, mut target: ConnTarget, fallback_host: String)
-where
+pub async fn serve<IO>(
+    shared: Arc<Shared>,
+    mut io: IO,
+    mut target: ConnTarget,
+    fallback_host: String,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut first = [0u8; 1];
@@ -43,7 +47,10 @@ where
     let handshake = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
         let sni = start.client_hello().server_name().map(str::to_owned);
-        let name = sni.clone().or_else(|| target.host.clone()).unwrap_or(fallback_host);
+        let name = sni
+            .clone()
+            .or_else(|| target.host.clone())
+            .unwrap_or(fallback_host);
         let config = shared
             .leaves
             .server_config(&name)
@@ -79,15 +86,10 @@ where
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let target = target.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(handler::handle(&shared, &target, req).await)
-        }
+        async move { Ok::<_, std::convert::Infallible>(handler::handle(&shared, &target, req).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())

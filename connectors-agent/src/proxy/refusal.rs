@@ -23,7 +23,9 @@ pub enum Refusal {
         path: String,
         connectors: Vec<ConnectorId>,
     },
-    #[error("this connection is for '{connection}', not '{request}'; open a connection to '{request}'")]
+    #[error(
+        "this connection is for '{connection}', not '{request}'; open a connection to '{request}'"
+    )]
     Misdirected { connection: String, request: String },
     #[error("Connector {id} is not ready: {why}")]
     NotReady { id: ConnectorId, why: String },
@@ -39,7 +41,9 @@ pub enum Refusal {
         authority: String,
         after: Duration,
     },
-    #[error("Connector {id}: the tool at {authority} refused the credentials (HTTP {status}); check the Connector's Secret")]
+    #[error(
+        "Connector {id}: the tool at {authority} refused the credentials (HTTP {status}); check the Connector's Secret"
+    )]
     CredentialsRefused {
         id: ConnectorId,
         authority: String,

@@ -88,12 +88,11 @@ impl CertAuthority {
         match (cert.exists(), key.exists()) {
             (true, true) => Ok((Self::load(cert, key)?, false)),
             (false, false) => {
-                let (ca, key_pem) = Self::generate("Connectors proxy CA").map_err(|e| {
-                    TlsError::BadCa {
+                let (ca, key_pem) =
+                    Self::generate("Connectors proxy CA").map_err(|e| TlsError::BadCa {
                         path: cert.to_owned(),
                         reason: e.to_string(),
-                    }
-                })?;
+                    })?;
                 write_private(key, key_pem.as_bytes())?;
                 write_file(cert, ca.cert_pem.as_bytes())?;
                 Ok((ca, true))

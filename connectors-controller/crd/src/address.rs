@@ -141,7 +141,13 @@ impl ToolAddress {
 
 impl fmt::Display for ToolAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority(), self.path_prefix)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme,
+            self.authority(),
+            self.path_prefix
+        )
     }
 }
 

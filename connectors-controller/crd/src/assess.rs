@@ -109,59 +109,49 @@ pub fn assess<'a>(
         format!("class '{class_name}' found and the Connector fits it"),
     ));
 
-    let (status, reason, message, credential) =
-        match (&checked.auth_type, &checked.secret_name) {
-            (None, _) => (
-                Status::True,
-                reasons::NO_AUTH,
-                format!("class '{class_name}' has no auth types; requests pass unchanged"),
-                Ok(None),
+    let (status, reason, message, credential) = match (&checked.auth_type, &checked.secret_name) {
+        (None, _) => (
+            Status::True,
+            reasons::NO_AUTH,
+            format!("class '{class_name}' has no auth types; requests pass unchanged"),
+            Ok(None),
+        ),
+        (Some(t), None) => (
+            Status::True,
+            reasons::SECRET_OPTIONAL,
+            format!(
+                "auth type '{}' is optional and no Secret is set; requests pass unchanged",
+                t.name
             ),
-            (Some(t), None) => (
-                Status::True,
-                reasons::SECRET_OPTIONAL,
-                format!(
-                    "auth type '{}' is optional and no Secret is set; requests pass unchanged",
-                    t.name
-                ),
-                Ok(None),
-            ),
-            (Some(t), Some(name)) => match secret(name) {
-                None => {
-                    let m = format!("Secret '{ns}/{name}' not found");
-                    (
-                        Status::False,
-                        reasons::SECRET_NOT_FOUND,
-                        m.clone(),
-                        Err(m),
-                    )
-                }
-                Some(s) => {
-                    let data = SecretData::from_secret(s);
-                    let rendered = credentials::check_secret(t, &data)
-                        .and_then(|()| credentials::render(t, &data, &checked.params));
-                    a.secret = Some(data);
-                    match rendered {
-                        Ok(c) => (
-                            Status::True,
-                            reasons::SECRET_READY,
-                            format!("Secret '{ns}/{name}' fits auth type '{}'", t.name),
-                            Ok(Some(c)),
-                        ),
-                        Err(e) => {
-                            let m = format!("Secret '{ns}/{name}': {e}");
-                            (Status::False, reasons::SECRET_INVALID, m.clone(), Err(m))
-                        }
+            Ok(None),
+        ),
+        (Some(t), Some(name)) => match secret(name) {
+            None => {
+                let m = format!("Secret '{ns}/{name}' not found");
+                (Status::False, reasons::SECRET_NOT_FOUND, m.clone(), Err(m))
+            }
+            Some(s) => {
+                let data = SecretData::from_secret(s);
+                let rendered = credentials::check_secret(t, &data)
+                    .and_then(|()| credentials::render(t, &data, &checked.params));
+                a.secret = Some(data);
+                match rendered {
+                    Ok(c) => (
+                        Status::True,
+                        reasons::SECRET_READY,
+                        format!("Secret '{ns}/{name}' fits auth type '{}'", t.name),
+                        Ok(Some(c)),
+                    ),
+                    Err(e) => {
+                        let m = format!("Secret '{ns}/{name}': {e}");
+                        (Status::False, reasons::SECRET_INVALID, m.clone(), Err(m))
                     }
                 }
-            },
-        };
-    a.conditions.push(Condition::new(
-        types::SECRET_READY,
-        status,
-        reason,
-        message,
-    ));
+            }
+        },
+    };
+    a.conditions
+        .push(Condition::new(types::SECRET_READY, status, reason, message));
     a.credential = credential;
 
     if let Some(r) = &connector.spec.ca_cert_secret_ref {
@@ -191,7 +181,11 @@ pub fn assess<'a>(
 pub fn ca_certificates(secret: &Secret) -> Option<Vec<Vec<u8>>> {
     const HEADER: &[u8] = b"-----BEGIN CERTIFICATE-----";
     let mut out = Vec::new();
-    let data = secret.data.iter().flatten().map(|(k, v)| (k, v.0.as_slice()));
+    let data = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k, v.0.as_slice()));
     let string_data = secret
         .string_data
         .iter()

@@ -21,7 +21,11 @@ use crate::condition::Condition;
     status = "ConnectorStatus",
     shortname = "ctr",
     category = "connectors",
-    printcolumn(name = "Class", type_ = "string", json_path = ".spec.connectorClassName"),
+    printcolumn(
+        name = "Class",
+        type_ = "string",
+        json_path = ".spec.connectorClassName"
+    ),
     printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"),
     printcolumn(
         name = "Ready",
@@ -33,7 +37,11 @@ use crate::condition::Condition;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectorSpec {

@@ -217,7 +217,10 @@ pub fn check_secret(auth: &AuthType, secret: &SecretData) -> Result<(), Credenti
 #[derive(Clone)]
 pub enum Credential {
     /// Set (replacing) this header.
-    Header { name: HeaderName, value: HeaderValue },
+    Header {
+        name: HeaderName,
+        value: HeaderValue,
+    },
     /// Set (replacing) this query parameter; the value is already percent-encoded.
     Query { name: String, value: SecretString },
 }
@@ -267,11 +270,8 @@ pub fn render(
     if let Some(b) = &inj.basic {
         let user = SecretString::from(expand(&b.username)?);
         let pass = SecretString::from(expand(&b.password)?);
-        let joined = SecretString::from(format!(
-            "{}:{}",
-            user.expose_secret(),
-            pass.expose_secret()
-        ));
+        let joined =
+            SecretString::from(format!("{}:{}", user.expose_secret(), pass.expose_secret()));
         let encoded = base64::engine::general_purpose::STANDARD.encode(joined.expose_secret());
         return Ok(Credential::Header {
             name: http::header::AUTHORIZATION,
@@ -282,10 +282,7 @@ pub fn render(
         let token = SecretString::from(expand(&b.token)?);
         return Ok(Credential::Header {
             name: http::header::AUTHORIZATION,
-            value: sensitive(
-                "Authorization",
-                format!("Bearer {}", token.expose_secret()),
-            )?,
+            value: sensitive("Authorization", format!("Bearer {}", token.expose_secret()))?,
         });
     }
     if let Some(h) = &inj.header {
@@ -391,8 +388,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let Credential::Query { name, value } = render(&auth, &s, &BTreeMap::new()).unwrap()
-        else {
+        let Credential::Query { name, value } = render(&auth, &s, &BTreeMap::new()).unwrap() else {
             panic!()
         };
         assert_eq!(name, "access_token");

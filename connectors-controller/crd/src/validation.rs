@@ -474,12 +474,24 @@ mod tests {
             name: "nope".into(),
             value: "https://y".into(),
         }];
-        spec.auth.as_mut().unwrap().secret_ref.as_mut().unwrap().namespace = Some("other".into());
+        spec.auth
+            .as_mut()
+            .unwrap()
+            .secret_ref
+            .as_mut()
+            .unwrap()
+            .namespace = Some("other".into());
         let errs = validate_connector(&connector(spec), &git_class()).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"spec.address"), "{errs:?}");
-        assert!(fields.contains(&"spec.addressExtensions[0].name"), "{errs:?}");
-        assert!(fields.contains(&"spec.auth.secretRef.namespace"), "{errs:?}");
+        assert!(
+            fields.contains(&"spec.addressExtensions[0].name"),
+            "{errs:?}"
+        );
+        assert!(
+            fields.contains(&"spec.auth.secretRef.namespace"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -500,6 +512,9 @@ mod tests {
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"spec.auth.types[1].name"), "{errs:?}");
         assert!(fields.contains(&"spec.authProbes[1].authName"), "{errs:?}");
-        assert!(fields.contains(&"spec.authProbes[1].probe.http.path"), "{errs:?}");
+        assert!(
+            fields.contains(&"spec.authProbes[1].probe.http.path"),
+            "{errs:?}"
+        );
     }
 }

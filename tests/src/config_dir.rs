@@ -1,0 +1,100 @@
+//! A standalone config folder for the agent: classes, Connectors, Secrets, and a hosts file.
+
+use std::path::{Path, PathBuf};
+
+/// The built-in git class, as shipped.
+pub const GIT_CLASS: &str = include_str!("../../deploy/classes/git.yaml");
+
+pub struct ConfigDir {
+    dir: tempfile::TempDir,
+}
+
+/// A Connector of the git class.
+pub struct GitConnector<'a> {
+    pub name: &'a str,
+    pub address: String,
+    /// A repository path the auth probe may read.
+    pub repository: &'a str,
+    /// Name of the basic-auth Secret (`None`: anonymous).
+    pub secret: Option<&'a str>,
+    /// PEM of the CA that signed the tool's certificate (written as a Secret `<name>-ca`).
+    pub ca_pem: Option<&'a str>,
+}
+
+impl Default for ConfigDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigDir {
+    /// An empty folder holding the git class.
+    pub fn new() -> Self {
+        let c = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        c.write("git-class.yaml", GIT_CLASS);
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file atomically (write, then rename), as editors and config tools do.
+    pub fn write(&self, name: &str, content: &str) {
+        let tmp = self.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, content).expect("write");
+        std::fs::rename(&tmp, self.path().join(name)).expect("rename");
+    }
+
+    /// A hosts file (`ip name...` lines) for the agent's `--hosts-file`, kept out of the YAML.
+    pub fn hosts_file(&self, entries: &[(&str, &str)]) -> PathBuf {
+        let text: String = entries
+            .iter()
+            .map(|(ip, name)| format!("{ip} {name}\n"))
+            .collect();
+        let p = self.path().join(".hosts");
+        std::fs::write(&p, text).expect("hosts");
+        p
+    }
+
+    /// Writes `<name>.yaml` with the Connector (namespace `default`) and its CA Secret.
+    pub fn git_connector(&self, c: &GitConnector<'_>) {
+        let mut yaml = format!(
+            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  connectorClassName: git\n  address: {address}\n  auth:\n    params: [{{name: repository, value: {repo}}}]\n",
+            name = c.name,
+            address = c.address,
+            repo = c.repository
+        );
+        if let Some(s) = c.secret {
+            yaml.push_str(&format!("    secretRef: {{name: {s}}}\n"));
+        }
+        if let Some(pem) = c.ca_pem {
+            yaml.push_str(&format!(
+                "  caCertSecretRef: {{name: {name}-ca}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{pem}\n",
+                name = c.name,
+                pem = indent(pem, 4)
+            ));
+        }
+        self.write(&format!("{}.yaml", c.name), &yaml);
+    }
+
+    /// Writes `<name>.yaml`: a `kubernetes.io/basic-auth` Secret in namespace `default`.
+    pub fn basic_auth_secret(&self, name: &str, username: &str, password: &str) {
+        self.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/basic-auth\nstringData:\n  username: {username}\n  password: {password}\n"
+            ),
+        );
+    }
+}
+
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
