@@ -20,6 +20,26 @@ pub type UpstreamConnector = HttpsConnector<HttpConnector<Resolver>>;
 /// A pooled client; cheap to clone.
 pub type UpstreamClient = Client<UpstreamConnector, Incoming>;
 
+/// The clients for one trust configuration. HTTP/1.1 requests go out over HTTP/1.1 (the same
+/// framing both sides, the least work per request); HTTP/2 requests over HTTP/2 when the tool
+/// offers it (ALPN), keeping their multiplexing.
+#[derive(Clone, Debug)]
+pub struct UpstreamClients {
+    pub http1: UpstreamClient,
+    pub http2: UpstreamClient,
+}
+
+impl UpstreamClients {
+    /// The client for a request of this version.
+    pub fn for_version(&self, v: http::Version) -> &UpstreamClient {
+        if v == http::Version::HTTP_2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+}
+
 /// Timeouts and pool sizes for upstream connections.
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
@@ -44,7 +64,7 @@ pub struct Upstreams {
     provider: Arc<CryptoProvider>,
     resolver: Resolver,
     settings: UpstreamSettings,
-    clients: Mutex<HashMap<Vec<u8>, UpstreamClient>>,
+    clients: Mutex<HashMap<Vec<u8>, UpstreamClients>>,
 }
 
 impl Upstreams {
@@ -65,11 +85,11 @@ impl Upstreams {
         &self.resolver
     }
 
-    /// The client that trusts the system roots and `extra_roots`.
+    /// The clients that trust the system roots and `extra_roots`.
     pub fn client(
         &self,
         extra_roots: &[CertificateDer<'static>],
-    ) -> Result<UpstreamClient, TlsError> {
+    ) -> Result<UpstreamClients, TlsError> {
         let key = roots_key(extra_roots);
         let mut clients = self
             .clients
@@ -78,9 +98,12 @@ impl Upstreams {
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let client = self.build(extra_roots)?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        let built = UpstreamClients {
+            http1: self.build(extra_roots, false)?,
+            http2: self.build(extra_roots, true)?,
+        };
+        clients.insert(key, built.clone());
+        Ok(built)
     }
 
     /// Drops clients no longer used by any Connector (their idle connections close).
@@ -91,19 +114,26 @@ impl Upstreams {
         }
     }
 
-    fn build(&self, extra_roots: &[CertificateDer<'static>]) -> Result<UpstreamClient, TlsError> {
+    fn build(
+        &self,
+        extra_roots: &[CertificateDer<'static>],
+        offer_h2: bool,
+    ) -> Result<UpstreamClient, TlsError> {
         let tls = tls::client_config(self.provider.clone(), extra_roots)?;
         let mut http = HttpConnector::new_with_resolver(self.resolver.clone());
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.settings.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+            .enable_http1();
+        let https = if offer_h2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.wrap_connector(http)
+        };
         Ok(Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())

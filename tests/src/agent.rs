@@ -23,13 +23,18 @@ impl AgentProcess {
     /// Starts `connectors-agent --config-dir DIR` with `extra` arguments and `RUST_LOG=log_level`,
     /// and waits until it is ready.
     pub fn start(config_dir: &Path, log_level: &str, extra: &[&str]) -> Self {
+        Self::start_bin(&target_bin("connectors-agent"), config_dir, log_level, extra)
+    }
+
+    /// As [`AgentProcess::start`], with the agent binary at `bin` (e.g. a release build).
+    pub fn start_bin(bin: &Path, config_dir: &Path, log_level: &str, extra: &[&str]) -> Self {
         let log_dir = tempfile::tempdir().expect("tempdir");
         let log = log_dir.path().join("agent.log");
         let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (proxy, admin, health, metrics) = (port(0), port(1), port(2), port(3));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(target_bin("connectors-agent"))
+        let child = Command::new(bin)
             .arg("--config-dir")
             .arg(config_dir)
             .arg("--proxy-listen")

@@ -15,7 +15,7 @@ use connectors_crd::{Connector, ConnectorClass, ConnectorId};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 
-use crate::upstream::UpstreamClient;
+use crate::upstream::UpstreamClients;
 
 pub use build::build;
 
@@ -85,7 +85,7 @@ pub struct Route {
     pub class: String,
     pub addresses: Vec<ToolAddress>,
     pub state: RouteState,
-    pub client: UpstreamClient,
+    pub client: UpstreamClients,
 }
 
 /// The status of a Connector as the agent sees it (no secrets).

@@ -98,6 +98,7 @@ async fn forward(
     let uri: Uri = format!("{scheme}://{authority}{path_and_query}")
         .parse()
         .map_err(|e| Refusal::BadRequest(format!("cannot form the upstream URL: {e}")))?;
+    let client = route.client.for_version(req.version()).clone();
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
@@ -108,7 +109,7 @@ async fn forward(
     }
 
     let timeout = shared.settings.response_timeout;
-    let sent = tokio::time::timeout(timeout, route.client.request(req))
+    let sent = tokio::time::timeout(timeout, client.request(req))
         .instrument(span)
         .await;
     let mut resp = match sent {

@@ -1,4 +1,9 @@
-//! `cargo xtask bench <what>`.
+//! `cargo xtask bench <what>`: figures from one run, each beside a baseline run in the same
+//! command.
+
+mod proxy;
+mod stats;
+
 use clap::{Args, Subcommand};
 
 #[derive(Args)]
@@ -9,12 +14,13 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 pub enum Bench {
-    /// Clone time and keep-alive latency: direct, through the proxy, through nginx.
-    Proxy,
+    /// git clone time and keep-alive request latency: direct, through the proxy, and through
+    /// nginx injecting the same header.
+    Proxy(proxy::ProxyBenchArgs),
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    match args.what {
-        Bench::Proxy => anyhow::bail!("not written yet"),
+    match &args.what {
+        Bench::Proxy(a) => proxy::run(a),
     }
 }
