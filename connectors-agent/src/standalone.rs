@@ -16,6 +16,11 @@ use tokio::sync::mpsc;
 
 use crate::catalog::{Objects, Problem, Source};
 
+/// The built-in classes, as shipped in deploy/classes. A class of the same name in the folder
+/// replaces one of these.
+const BUILT_IN_CLASSES: &[(&str, &str)] =
+    &[("git", include_str!("../../deploy/classes/git.yaml"))];
+
 /// Files larger than this are refused (a config file is a few kilobytes).
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Edits arriving closer together than this are applied together.
@@ -119,7 +124,27 @@ impl ConfigFolder {
             }
         }
         self.last_good.retain(|p, _| seen_files.contains(p));
+        add_built_in_classes(&mut objects, &mut problems);
         Ok((objects, problems))
+    }
+}
+
+fn add_built_in_classes(objects: &mut Objects, problems: &mut Vec<Problem>) {
+    for (name, yaml) in BUILT_IN_CLASSES {
+        if objects.classes.contains_key(*name) {
+            continue;
+        }
+        let source = Source::BuiltIn((*name).to_owned());
+        match serde_yaml_ng::from_str::<ConnectorClass>(yaml) {
+            Ok(class) => {
+                objects.classes.insert((*name).to_owned(), (class, source));
+            }
+            Err(e) => problems.push(Problem {
+                source,
+                object: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
     }
 }
 
@@ -377,6 +402,7 @@ stringData: {username: u, password: hunter2}
         let (objects, problems) = f.load().unwrap();
         assert_eq!(objects.connectors.len(), 1);
         assert_eq!(objects.secrets.len(), 1);
+        assert!(matches!(objects.classes["git"].1, Source::BuiltIn(_)));
         assert_eq!(problems.len(), 1, "{problems:?}");
         let p = problems[0].to_string();
         assert!(p.contains("b.yaml"), "{p}");

@@ -1,13 +1,20 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
+//! - `run`: set up, build, and run the agent standalone on `deploy/standalone`.
 //! - `setup`: install what the build and the tests need (Debian packages, bpf-linker).
 //! - `test`: lints, generated-file checks, then every test (unit, end-to-end, privileged).
 //! - `demo`: a git server that needs credentials, the agent, and a clone through it.
 //! - `bench proxy`: clone and request latency, direct vs proxy vs nginx injecting the header.
+//! - `gen-crds`: write deploy/crds/*.yaml from the Rust types (`test` checks they are fresh).
+//! - `kube build|start|stop`: a real kube-apiserver (v1.20, from Debian's source) for the
+//!   controller's tests.
 
 mod bench;
 mod cmd;
+mod crds;
 mod demo;
+mod kube;
+mod run;
 mod setup;
 mod test;
 
@@ -22,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Set up what is missing, build, and run the agent standalone on deploy/standalone.
+    Run(run::RunArgs),
     /// Install the Debian packages and tools the build and tests need (idempotent).
     Setup(setup::SetupArgs),
     /// Run the lints and every test, as CI does.
@@ -30,14 +39,21 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Benchmarks that print figures beside a baseline.
     Bench(bench::BenchArgs),
+    /// Write deploy/crds/*.yaml from the Rust types.
+    GenCrds,
+    /// Build (once), start or stop a real kube-apiserver with etcd on loopback.
+    Kube(kube::KubeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
+        Task::Run(a) => run::run(&a),
         Task::Setup(a) => setup::run(&a),
         Task::Test(a) => test::run(&a),
         Task::Demo(a) => demo::run(&a),
         Task::Bench(a) => bench::run(&a),
+        Task::GenCrds => crds::generate(),
+        Task::Kube(a) => kube::run(&a),
     }
 }

@@ -27,6 +27,8 @@ pub enum Source {
     File { path: PathBuf, document: usize },
     /// The Kubernetes API.
     Api,
+    /// A class built into the agent (`deploy/classes/<name>.yaml`).
+    BuiltIn(String),
 }
 
 impl std::fmt::Display for Source {
@@ -37,6 +39,7 @@ impl std::fmt::Display for Source {
                 write!(f, "{} (document {})", path.display(), document + 1)
             }
             Source::Api => f.write_str("the Kubernetes API"),
+            Source::BuiltIn(name) => write!(f, "built-in class {name}"),
         }
     }
 }
