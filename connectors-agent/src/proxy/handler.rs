@@ -131,7 +131,7 @@ async fn forward(
             return Err(Refusal::Unreachable {
                 id: route.id.clone(),
                 authority: authority_with_port(&host, port),
-                cause: error_chain(&e),
+                cause: describe_upstream_error(&e),
             });
         }
         Ok(Ok(resp)) => resp,
@@ -255,10 +255,14 @@ fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// The messages of an error and its causes, joined; repeated messages once.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// The causes of an upstream error, joined (the client's own "client error (Connect)" wrapper
+/// left out), with a hint when the tool's certificate is not trusted.
+fn describe_upstream_error(e: &hyper_util::client::legacy::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.source();
+    if cur.is_none() {
+        parts.push(e.to_string());
+    }
     while let Some(err) = cur {
         let msg = err.to_string();
         if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
@@ -266,7 +270,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = err.source();
     }
-    parts.join(": ")
+    let mut text = parts.join(": ");
+    if text.contains("invalid peer certificate") {
+        text.push_str(" (the tool's TLS certificate is not trusted: give the Connector a caCertSecretRef with the CA that signed it)");
+    }
+    text
 }
 
 #[cfg(test)]
