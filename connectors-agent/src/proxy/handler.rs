@@ -9,6 +9,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret as _;
 use tracing::Instrument as _;
 
@@ -99,11 +100,25 @@ async fn forward(
         .parse()
         .map_err(|e| Refusal::BadRequest(format!("cannot form the upstream URL: {e}")))?;
     let client = route.client.for_version(req.version()).clone();
+    // An HTTP/1.1 upgrade (WebSocket, kubectl exec) keeps its Upgrade header, and the two
+    // upgraded connections are spliced once the tool answers 101.
+    let upgrade =
+        req.headers().get(header::UPGRADE).cloned().filter(|_| {
+            req.version() == Version::HTTP_11 && connection_has(req.headers(), "upgrade")
+        });
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
+    if let Some(u) = &upgrade {
+        headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(header::UPGRADE, u.clone());
+    }
     if let Some(Credential::Header { name, value }) = &credential {
         headers.insert(name.clone(), value.clone());
     }
@@ -143,9 +158,53 @@ async fn forward(
             status: resp.status().as_u16(),
         });
     }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(downstream) = downstream_upgrade
+    {
+        let upgraded_to = resp.headers().get(header::UPGRADE).cloned();
+        let upstream = hyper::upgrade::on(&mut resp);
+        shared.tasks.spawn(
+            async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((down, up)) => {
+                        let mut down = TokioIo::new(down);
+                        let mut up = TokioIo::new(up);
+                        match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                            Ok((sent, received)) => {
+                                tracing::debug!(sent, received, "upgraded connection closed")
+                            }
+                            Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            }
+            .in_current_span(),
+        );
+        strip_hop_by_hop(resp.headers_mut());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        if let Some(u) = upgraded_to {
+            h.insert(header::UPGRADE, u);
+        }
+        return Ok((resp.map(Either::Left), connector));
+    }
     strip_hop_by_hop(resp.headers_mut());
     *resp.version_mut() = Version::default();
     Ok((resp.map(Either::Left), connector))
+}
+
+/// Whether the `Connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The host a request is for, checked against the connection's host when it has one.

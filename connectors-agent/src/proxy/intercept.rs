@@ -94,7 +94,7 @@ where
         .http2()
         .timer(TokioTimer::new())
         .adaptive_window(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
