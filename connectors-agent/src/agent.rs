@@ -14,7 +14,8 @@ use crate::admin::{self, AdminState};
 use crate::catalog::{self, Catalog};
 use crate::config::{Args, OriginalDstSource};
 use crate::metrics::Metrics;
-use crate::proxy::{self, OriginalDst, ProxySettings, Shared, SoOriginalDst};
+use crate::proxy::{self, FirstFound, OriginalDst, ProxySettings, Shared, SoOriginalDst};
+use crate::redirect::{Redirect, RedirectError, RedirectSettings};
 use crate::resolve::{ResolveError, Resolver};
 use crate::standalone::{self, ConfigFolder, FolderError};
 use crate::tls::{CertAuthority, LeafCertificates, TlsError};
@@ -38,12 +39,18 @@ pub enum StartError {
         "the transparent listener must not be on loopback ({0}): workloads in other network namespaces cannot reach it"
     )]
     LoopbackTransparent(SocketAddr),
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+    #[error("--original-dst ebpf needs the eBPF redirect (--redirect-cgroup)")]
+    EbpfSourceWithoutRedirect,
 }
 
 /// A running agent.
 pub struct Agent {
     pub shared: Arc<Shared>,
     drain_timeout: Duration,
+    /// The eBPF redirect, when `--redirect-cgroup` is given; detached first at shutdown.
+    redirect: Option<Redirect>,
 }
 
 impl Agent {
@@ -123,11 +130,36 @@ impl Agent {
             health_listener,
             shared.clone(),
         ));
+        // The eBPF redirect: attached once the listener it sends connections to is bound.
+        let redirect = if args.redirect_cgroups.is_empty() {
+            None
+        } else {
+            let settings = RedirectSettings::new(
+                args.redirect_cgroups.clone(),
+                &args.redirect_to,
+                transparent_listener
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok()),
+                args.redirect_refresh,
+            )?;
+            let resolver = upstreams.resolver().clone();
+            Some(Redirect::start(settings, shared.clone(), resolver).await?)
+        };
         tracing::info!(addr = %args.proxy_listen, "forward proxy listening");
         tokio::spawn(proxy::serve_forward(shared.clone(), proxy_listener));
         if let Some(l) = transparent_listener {
-            let origin: Arc<dyn OriginalDst> = match args.original_dst {
-                OriginalDstSource::Netfilter => Arc::new(SoOriginalDst),
+            let origin: Arc<dyn OriginalDst> = match (args.original_dst, &redirect) {
+                (OriginalDstSource::Netfilter, _) | (OriginalDstSource::Auto, None) => {
+                    Arc::new(SoOriginalDst)
+                }
+                (OriginalDstSource::Ebpf, Some(r)) => Arc::new(r.original_dst()?),
+                (OriginalDstSource::Ebpf, None) => {
+                    return Err(StartError::EbpfSourceWithoutRedirect);
+                }
+                (OriginalDstSource::Auto, Some(r)) => Arc::new(FirstFound(vec![
+                    Arc::new(r.original_dst()?),
+                    Arc::new(SoOriginalDst),
+                ])),
             };
             tracing::info!(addr = ?l.local_addr().ok(), "transparent listener listening");
             tokio::spawn(proxy::serve_transparent(shared.clone(), l, origin));
@@ -158,11 +190,16 @@ impl Agent {
         Ok(Self {
             shared,
             drain_timeout: args.drain_timeout,
+            redirect,
         })
     }
 
     /// Stops accepting, lets open connections finish within the drain timeout, then returns.
     pub async fn shutdown(self) {
+        // New connections go direct from now on, never to a proxy that is going away.
+        if let Some(r) = &self.redirect {
+            r.stop();
+        }
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         let open = self.shared.tasks.len();

@@ -39,9 +39,36 @@ pub struct Args {
         long,
         env = "CONNECTORS_ORIGINAL_DST",
         value_enum,
-        default_value = "netfilter"
+        default_value = "auto"
     )]
     pub original_dst: OriginalDstSource,
+
+    /// eBPF redirect: connections that processes of this cgroup v2 directory make to a tool
+    /// endpoint go to the transparent listener. Repeatable (or comma-separated in the env).
+    #[arg(
+        long = "redirect-cgroup",
+        env = "CONNECTORS_REDIRECT_CGROUP",
+        value_delimiter = ','
+    )]
+    pub redirect_cgroups: Vec<PathBuf>,
+
+    /// The address (one per family) the eBPF redirect sends connections to. Default: the
+    /// transparent listener's address; needed when that is unspecified (0.0.0.0 or [::]).
+    #[arg(
+        long = "redirect-to",
+        env = "CONNECTORS_REDIRECT_TO",
+        value_delimiter = ','
+    )]
+    pub redirect_to: Vec<SocketAddr>,
+
+    /// Seconds between re-resolutions of the tool names the eBPF redirect matches.
+    #[arg(
+        long,
+        env = "CONNECTORS_REDIRECT_REFRESH",
+        default_value = "30",
+        value_parser = seconds
+    )]
+    pub redirect_refresh: Duration,
 
     /// Status API: /connectors, /problems, /ca.crt.
     #[arg(
@@ -104,8 +131,12 @@ pub struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OriginalDstSource {
+    /// The eBPF redirect's record when `--redirect-cgroup` is given, then netfilter's.
+    Auto,
     /// netfilter's SO_ORIGINAL_DST (iptables/nftables REDIRECT or DNAT).
     Netfilter,
+    /// The eBPF redirect's record only (needs `--redirect-cgroup`).
+    Ebpf,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod redirect;
 pub mod resolve;
 pub mod standalone;
 pub mod tls;

@@ -18,8 +18,7 @@ use crate::catalog::{Objects, Problem, Source};
 
 /// The built-in classes, as shipped in deploy/classes. A class of the same name in the folder
 /// replaces one of these.
-const BUILT_IN_CLASSES: &[(&str, &str)] =
-    &[("git", include_str!("../../deploy/classes/git.yaml"))];
+const BUILT_IN_CLASSES: &[(&str, &str)] = &[("git", include_str!("../../deploy/classes/git.yaml"))];
 
 /// Files larger than this are refused (a config file is a few kilobytes).
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;

@@ -28,7 +28,9 @@ use crate::tls::LeafCertificates;
 
 pub use forward::serve_forward;
 pub use refusal::{REFUSAL_HEADER, Refusal};
-pub use transparent::{Destination, LookupError, OriginalDst, SoOriginalDst, serve_transparent};
+pub use transparent::{
+    Destination, FirstFound, LookupError, OriginalDst, SoOriginalDst, serve_transparent,
+};
 
 /// A response body: the tool's, streamed, or one the proxy wrote.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;

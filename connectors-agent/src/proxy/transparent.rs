@@ -37,6 +37,28 @@ pub trait OriginalDst: Send + Sync + 'static {
     ) -> Result<Destination, LookupError>;
 }
 
+/// Several sources, asked in order: the first that knows the connection answers (e.g. the eBPF
+/// redirect's record, then netfilter's for connections an iptables `REDIRECT` sent).
+pub struct FirstFound(pub Vec<Arc<dyn OriginalDst>>);
+
+impl OriginalDst for FirstFound {
+    fn lookup(
+        &self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Destination, LookupError> {
+        let mut last = LookupError::NotFound { peer, local };
+        for source in &self.0 {
+            match source.lookup(stream, peer, local) {
+                Ok(d) => return Ok(d),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
 /// Netfilter's record of a `REDIRECT`ed or `DNAT`ed connection.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SoOriginalDst;

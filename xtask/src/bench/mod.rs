@@ -2,6 +2,7 @@
 //! command.
 
 mod proxy;
+mod redirect;
 mod stats;
 
 use clap::{Args, Subcommand};
@@ -17,10 +18,14 @@ pub enum Bench {
     /// git clone time and keep-alive request latency: direct, through the proxy, and through
     /// nginx injecting the same header.
     Proxy(proxy::ProxyBenchArgs),
+    /// New connections per second and connection latency: direct, eBPF redirect into the
+    /// proxy, and nftables REDIRECT into the same proxy (as root).
+    Redirect(redirect::RedirectBenchArgs),
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     match &args.what {
         Bench::Proxy(a) => proxy::run(a),
+        Bench::Redirect(a) => redirect::run(a),
     }
 }

@@ -208,10 +208,12 @@ fn create_big_repo(server: &GitServer, mb: u64) -> anyhow::Result<()> {
     exec(git_in(w).args(["add", "-A"]))?;
     exec(git_in(w).args(["commit", "-q", "-m", "data"]))?;
     exec(git_in(w).args(["push", "-q", "origin", "main"]))?;
-    exec(Command::new("git")
-        .arg("-C")
-        .arg(&bare)
-        .args(["repack", "-a", "-d", "-q"]))?;
+    exec(
+        Command::new("git")
+            .arg("-C")
+            .arg(&bare)
+            .args(["repack", "-a", "-d", "-q"]),
+    )?;
     Ok(())
 }
 
@@ -221,7 +223,10 @@ fn clone(s: &Setup, mode: Mode, round: usize) -> anyhow::Result<Duration> {
     let mut cmd = git_in(s.work.path());
     let url = match mode {
         Mode::Direct => {
-            let resolve = format!("http.curloptResolve=git.test:{}:127.0.0.1", s.server.addr.port());
+            let resolve = format!(
+                "http.curloptResolve=git.test:{}:127.0.0.1",
+                s.server.addr.port()
+            );
             let header = format!("http.extraHeader=Authorization: Basic {}", s.basic);
             cmd.env("GIT_SSL_CAINFO", &s.test_ca)
                 .args(["-c", &resolve, "-c", &header]);
@@ -295,7 +300,14 @@ fn keep_alive(s: &Setup, mode: Mode, n: usize) -> anyhow::Result<Vec<Duration>> 
     std::fs::write(&list, lines)?;
     let out = output(
         Command::new("curl")
-            .args(["-s", "--http1.1", "--fail", "-w", "%{time_total}\\n", "--config"])
+            .args([
+                "-s",
+                "--http1.1",
+                "--fail",
+                "-w",
+                "%{time_total}\\n",
+                "--config",
+            ])
             .arg(&list)
             .args(&extra),
     )?;
