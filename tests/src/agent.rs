@@ -23,7 +23,12 @@ impl AgentProcess {
     /// Starts `connectors-agent --config-dir DIR` with `extra` arguments and `RUST_LOG=log_level`,
     /// and waits until it is ready.
     pub fn start(config_dir: &Path, log_level: &str, extra: &[&str]) -> Self {
-        Self::start_bin(&target_bin("connectors-agent"), config_dir, log_level, extra)
+        Self::start_bin(
+            &target_bin("connectors-agent"),
+            config_dir,
+            log_level,
+            extra,
+        )
     }
 
     /// As [`AgentProcess::start`], with the agent binary at `bin` (e.g. a release build).

@@ -6,12 +6,20 @@
 
 pub mod agent;
 pub mod config_dir;
+pub mod controller;
 pub mod git_server;
+pub mod kube;
+pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod recorder;
 
 pub use agent::AgentProcess;
 pub use config_dir::{ConfigDir, GitConnector};
+pub use controller::ControllerProcess;
 pub use git_server::{GitServer, GitServerOptions};
+pub use kube::KubeApiServer;
+pub use netns::{Lab, Pod};
 pub use pki::TestCa;
 pub use process::{free_port, require_tool, run, run_ok, target_bin, wait_until};
+pub use recorder::PeerRecorder;

@@ -40,7 +40,11 @@ enum Task {
     /// Benchmarks that print figures beside a baseline.
     Bench(bench::BenchArgs),
     /// Write deploy/crds/*.yaml from the Rust types.
-    GenCrds,
+    GenCrds {
+        /// Only check that the files are up to date (as `test` does).
+        #[arg(long)]
+        check: bool,
+    },
     /// Build (once), start or stop a real kube-apiserver with etcd on loopback.
     Kube(kube::KubeArgs),
 }
@@ -53,7 +57,8 @@ fn main() -> anyhow::Result<()> {
         Task::Test(a) => test::run(&a),
         Task::Demo(a) => demo::run(&a),
         Task::Bench(a) => bench::run(&a),
-        Task::GenCrds => crds::generate(),
+        Task::GenCrds { check: false } => crds::generate(),
+        Task::GenCrds { check: true } => crds::check(),
         Task::Kube(a) => kube::run(&a),
     }
 }

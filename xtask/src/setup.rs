@@ -40,8 +40,20 @@ pub struct SetupArgs {
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     if !args.no_apt {
         apt(PACKAGES)?;
+        apt(crate::kube::RUN_PACKAGES)?;
+        // kubectl: Debian's (v1.20, like the test API server) unless one is installed already.
+        if Command::new("kubectl")
+            .arg("version")
+            .arg("--client")
+            .output()
+            .is_err()
+        {
+            apt(&["kubernetes-client"])?;
+        }
     }
     bpf_linker()?;
+    // The controller's tests run against a real kube-apiserver, built once and cached.
+    crate::kube::build(false, None)?;
     eprintln!("setup complete");
     Ok(())
 }

@@ -23,6 +23,22 @@ pub mod reasons {
     pub const NO_AUTH: &str = "NoAuth";
     pub const CA_CERT_INVALID: &str = "CACertInvalid";
     pub const READY: &str = "Ready";
+    // Probes (set by the controller).
+    pub const NO_LIVENESS_PROBE: &str = "NoLivenessProbe";
+    pub const REACHABLE: &str = "Reachable";
+    pub const NO_AUTH_PROBE: &str = "NoAuthProbe";
+    pub const AUTHENTICATED: &str = "Authenticated";
+    pub const ANONYMOUS_ACCESS: &str = "AnonymousAccess";
+    pub const AUTH_FAILED: &str = "AuthenticationFailed";
+    pub const UNEXPECTED_RESPONSE: &str = "UnexpectedResponse";
+    pub const CONNECTION_FAILED: &str = "ConnectionFailed";
+    pub const TLS_FAILED: &str = "TLSHandshakeFailed";
+    pub const PROBE_TIMEOUT: &str = "ProbeTimeout";
+    pub const PROBE_INVALID: &str = "ProbeInvalid";
+    pub const NOT_CHECKED: &str = "NotChecked";
+    // ConnectorClass status.
+    pub const CLASS_VALID: &str = "Valid";
+    pub const CLASS_SPEC_INVALID: &str = "Invalid";
 }
 
 /// The outcome of the checks.
@@ -164,16 +180,30 @@ pub fn assess<'a>(
                 .ok_or_else(|| format!("caCertSecretRef: Secret '{ns}/{}' holds no PEM certificate (keys ca.crt, *.crt or *.pem)", r.name)),
         };
         if let Err(m) = &a.ca_pem {
-            a.conditions.push(Condition::new(
-                types::SECRET_READY,
-                Status::False,
-                reasons::CA_CERT_INVALID,
-                m.clone(),
-            ));
+            set_ca_problem(&mut a.conditions, m.clone());
         }
     }
     a.checked = Some(checked);
     a
+}
+
+/// Reports a problem with the CA certificates of `caCertSecretRef` in the one `SecretReady`
+/// condition: it replaces a True one, and a credentials problem found first stays.
+pub fn set_ca_problem(conditions: &mut Vec<Condition>, message: String) {
+    let ca = Condition::new(
+        types::SECRET_READY,
+        Status::False,
+        reasons::CA_CERT_INVALID,
+        message,
+    );
+    match conditions
+        .iter_mut()
+        .find(|c| c.type_ == types::SECRET_READY)
+    {
+        Some(c) if c.is_true() => *c = ca,
+        Some(_) => {}
+        None => conditions.push(ca),
+    }
 }
 
 /// PEM blocks of a CA Secret: `ca.crt`, keys ending `.crt` or `.pem`, or any value holding a PEM
@@ -278,6 +308,26 @@ mod tests {
         let a = assess(&connector(), Some(&cls), |_| Some(&s));
         assert_eq!(a.conditions[1].reason, reasons::SECRET_INVALID);
         assert!(a.conditions[1].message.contains("kubernetes.io/basic-auth"));
+    }
+
+    #[test]
+    fn ca_problem_replaces_a_true_secret_condition() {
+        let mut c = connector();
+        c.spec.ca_cert_secret_ref = Some(crate::connector::LocalObjectRef { name: "ca".into() });
+        let cls = class();
+        let s = secret(
+            &[("username", "u"), ("password", "p")],
+            "kubernetes.io/basic-auth",
+        );
+        let a = assess(&c, Some(&cls), |n| (n == "creds").then_some(&s));
+        let secret_conditions: Vec<_> = a
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == types::SECRET_READY)
+            .collect();
+        assert_eq!(secret_conditions.len(), 1, "{:?}", a.conditions);
+        assert_eq!(secret_conditions[0].reason, reasons::CA_CERT_INVALID);
+        assert!(secret_conditions[0].message.contains("ns/ca"));
     }
 
     #[test]

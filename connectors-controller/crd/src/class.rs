@@ -20,7 +20,8 @@ use crate::condition::Condition;
     kind = "ConnectorClass",
     status = "ConnectorClassStatus",
     shortname = "ctc",
-    category = "connectors",
+    category = "connectorsio",
+    doc = "A tool type (git, oci, k8s, or one a user writes): address rules, auth types and probes.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -45,9 +46,11 @@ pub struct ConnectorClassSpec {
     /// Extra addresses a Connector of this class may declare (for example a registry's token
     /// realm). An entry without `default` is required on every Connector.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub address_extensions: Vec<ParamSpec>,
     /// Parameters a Connector may set in `spec.params`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub params: Vec<ParamSpec>,
     /// The ways a Connector of this class can authenticate to the tool.
     #[serde(default)]
@@ -57,6 +60,7 @@ pub struct ConnectorClassSpec {
     pub liveness_probe: Option<Probe>,
     /// How to check that the credentials are accepted, one probe per auth type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub auth_probes: Vec<AuthProbe>,
 }
 
@@ -66,13 +70,16 @@ pub struct ConnectorClassSpec {
 pub struct AddressRules {
     /// Shown to people filling in the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
     /// URL schemes an address may use. Empty means `http` and `https`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2), inner(regex(pattern = r"^[Hh][Tt][Tt][Pp][Ss]?$")))]
     pub schemes: Vec<String>,
     /// Host patterns the address must match: an exact host (`git.corp`) or a wildcard for one or
     /// more leading labels (`*.corp`). Empty means any host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub hosts: Vec<String>,
 }
 
@@ -80,11 +87,14 @@ pub struct AddressRules {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParamSpec {
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
     /// Used when the Connector gives no value; without a default the value is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub default: Option<String>,
 }
 
@@ -92,6 +102,7 @@ pub struct ParamSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ClassAuth {
     #[serde(default)]
+    #[schemars(length(max = 16))]
     pub types: Vec<AuthType>,
 }
 
@@ -99,18 +110,23 @@ pub struct ClassAuth {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthType {
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// The Secret `type` required, e.g. `kubernetes.io/basic-auth` or `Opaque`.
+    #[schemars(length(min = 1, max = 253))]
     pub secret_type: String,
     /// A Connector of this auth type may omit the Secret (anonymous access).
     #[serde(default)]
     pub optional: bool,
     /// Keys the Secret must hold (beyond what its type implies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub params: Vec<ParamSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub display_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
     /// How the proxy puts the credentials on each request. When absent it follows the Secret
     /// type: `kubernetes.io/basic-auth` gives Basic, a Secret with a `token` key gives Bearer.
@@ -143,8 +159,10 @@ pub struct Injection {
 #[serde(rename_all = "camelCase")]
 pub struct BasicInjection {
     #[serde(default = "default_username")]
+    #[schemars(length(max = 1024))]
     pub username: String,
     #[serde(default = "default_password")]
+    #[schemars(length(max = 1024))]
     pub password: String,
 }
 
@@ -169,6 +187,7 @@ fn default_password() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct BearerInjection {
     #[serde(default = "default_token")]
+    #[schemars(length(max = 1024))]
     pub token: String,
 }
 
@@ -187,7 +206,9 @@ fn default_token() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NamedTemplate {
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    #[schemars(length(max = 4096))]
     pub value: String,
 }
 
@@ -203,15 +224,19 @@ pub struct Probe {
 #[serde(rename_all = "camelCase")]
 pub struct HttpProbe {
     /// Path and query, joined to the Connector's address; a template (`${params.repository}`).
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^/"))]
     pub path: String,
     /// `GET` unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["GET", "HEAD", "POST"]))]
     pub method: Option<String>,
     /// Extra request headers (templates).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub http_headers: Vec<NamedTemplate>,
     /// Status codes that mean success. Empty means 200.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(range(min = 100, max = 599)))]
     pub success_codes: Vec<u16>,
 }
 
@@ -219,9 +244,11 @@ pub struct HttpProbe {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthProbe {
+    #[schemars(length(min = 1, max = 63))]
     pub auth_name: String,
     /// Values the Connector must give in `spec.auth.params` for this probe (e.g. a repository).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub params: Vec<ParamSpec>,
     pub probe: Probe,
 }
@@ -232,6 +259,7 @@ pub struct ConnectorClassStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub conditions: Vec<Condition>,
 }
 

@@ -17,14 +17,18 @@ pub mod types {
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 316))]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
+    #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
     pub status: String,
     /// One CamelCase word a program can match on.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub reason: String,
     /// What a person should know or do.
     #[serde(default)]
+    #[schemars(length(max = 32768))]
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,

@@ -20,7 +20,8 @@ use crate::condition::Condition;
     namespaced,
     status = "ConnectorStatus",
     shortname = "ctr",
-    category = "connectors",
+    category = "connectorsio",
+    doc = "One tool (an address of a ConnectorClass) and the Secret with its credentials.",
     printcolumn(
         name = "Class",
         type_ = "string",
@@ -46,17 +47,25 @@ use crate::condition::Condition;
 #[serde(rename_all = "camelCase")]
 pub struct ConnectorSpec {
     /// The `ConnectorClass` (tool type).
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub connector_class_name: String,
     /// The tool's URL, e.g. `https://git.corp` or `https://github.com/my-org`. A path limits the
     /// Connector to requests under it.
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+")
+    )]
     pub address: String,
     /// Further URLs whose traffic the same credentials serve, named as the class declares them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub address_extensions: Vec<NamedValue>,
     /// Values for the class's parameters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub params: Vec<NamedValue>,
     /// Which auth type of the class, and the Secret with the credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,29 +91,38 @@ pub struct ConnectorAuth {
     /// The auth type name (`ConnectorClass.spec.auth.types[].name`). Defaults to the class's
     /// only auth type when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub name: Option<String>,
     /// The Secret holding the credentials, in the Connector's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretReference>,
     /// Values the class's auth probe needs (e.g. `repository` for git).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub params: Vec<NamedValue>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretReference {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Must be the Connector's own namespace when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub namespace: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalObjectRef {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -114,9 +132,11 @@ pub struct ConnectorStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub conditions: Vec<Condition>,
     /// The `host:port` endpoints whose traffic the proxy serves for this Connector.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub endpoints: Vec<String>,
     /// Where the unified API serves this Connector.
     #[serde(default, skip_serializing_if = "Option::is_none")]

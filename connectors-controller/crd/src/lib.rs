@@ -7,7 +7,10 @@ pub mod class;
 pub mod condition;
 pub mod connector;
 pub mod credentials;
+pub mod probe;
 pub mod template;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod validation;
 
 pub use class::{ConnectorClass, ConnectorClassSpec, ConnectorClassStatus};
@@ -19,3 +22,16 @@ pub const GROUP: &str = "connectors.io";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` of every Connectors resource.
 pub const API_VERSION: &str = "connectors.io/v1alpha1";
+
+/// The CustomResourceDefinitions of this crate, each with the file name it has under
+/// `deploy/crds/` (written by `cargo xtask gen-crds`).
+pub fn custom_resource_definitions() -> Vec<(
+    &'static str,
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+)> {
+    use kube::CustomResourceExt as _;
+    vec![
+        ("connectorclasses.yaml", ConnectorClass::crd()),
+        ("connectors.yaml", Connector::crd()),
+    ]
+}
