@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -139,6 +140,7 @@ http {{
 
         let sock = d.join("fcgi.sock");
         let fcgiwrap = Command::new("fcgiwrap")
+            .process_group(0)
             .args(["-c", "4", "-s"])
             .arg(format!("unix:{}", sock.display()))
             .stdin(Stdio::null())
@@ -153,6 +155,7 @@ http {{
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).expect("chmod");
 
         let nginx = Command::new("nginx")
+            .process_group(0)
             .arg("-p")
             .arg(d)
             .arg("-c")
@@ -265,8 +268,8 @@ pub fn git_in(dir: &Path) -> Command {
 
 impl Drop for GitServer {
     fn drop(&mut self) {
-        // SIGTERM, so that nginx and fcgiwrap stop their workers too.
-        crate::process::terminate(&mut self.nginx);
-        crate::process::terminate(&mut self.fcgiwrap);
+        // Each runs in its own process group, so their workers stop with them.
+        crate::process::terminate_group(&mut self.nginx);
+        crate::process::terminate_group(&mut self.fcgiwrap);
     }
 }

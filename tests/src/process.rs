@@ -94,3 +94,25 @@ pub fn terminate(child: &mut std::process::Child) {
         let _ = child.wait();
     }
 }
+
+/// Stops a child started with `process_group(0)` and every process of its group (the workers a
+/// server forks): SIGTERM to the group, then SIGKILL to what is left after 5 s.
+pub fn terminate_group(child: &mut std::process::Child) {
+    let Ok(pgid) = i32::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: signals to a process group this harness created; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGTERM);
+    }
+    let done = wait_until(Duration::from_secs(5), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    // SAFETY: as above. Workers that outlive their parent are killed with the group.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+    if !done {
+        let _ = child.wait();
+    }
+}

@@ -300,57 +300,13 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A git server (the harness's) that also stops the worker processes fcgiwrap forks: stopping
-/// fcgiwrap with SIGTERM leaves them running.
-struct Git(Option<GitServer>);
-
-impl Git {
-    fn start(opts: GitServerOptions<'_>) -> Self {
-        Self(Some(GitServer::start(opts)))
-    }
-}
-
-impl std::ops::Deref for Git {
-    type Target = GitServer;
-    fn deref(&self) -> &GitServer {
-        self.0.as_ref().expect("git server")
-    }
-}
-
-impl Drop for Git {
-    fn drop(&mut self) {
-        let Some(server) = self.0.take() else { return };
-        // The processes serving this server's socket: fcgiwrap and its workers, started here.
-        let socket = format!("{}/fcgi.sock", server.dir().display());
-        let pids: Vec<i32> = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.starts_with("fcgiwrap") && c.contains(&socket)
-                })
-            })
-            .collect();
-        drop(server);
-        for pid in pids {
-            // SAFETY: signals to worker processes of a server this test started.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-    }
-}
-
-fn git_server() -> Git {
-    let s = Git::start(GitServerOptions::default());
+fn git_server() -> GitServer {
+    let s = GitServer::start(GitServerOptions::default());
     s.create_repo("repo.git", &[("README.md", b"hello\n")]);
     s
 }
 
-fn http_url(s: &Git) -> String {
+fn http_url(s: &GitServer) -> String {
     format!("http://127.0.0.1:{}", s.addr.port())
 }
 
@@ -681,7 +637,7 @@ async fn tls_tool_is_trusted_through_its_ca_secret() {
     let ns = "tls";
     namespace(&client, ns).await;
     let ca = TestCa::new("tools CA");
-    let server = Git::start(GitServerOptions {
+    let server = GitServer::start(GitServerOptions {
         tls: Some((&ca, vec!["127.0.0.1"])),
         ..Default::default()
     });
@@ -921,7 +877,7 @@ async fn fifty_malformed_objects_are_refused_or_named_and_the_controller_keeps_u
     namespace(&client, ns).await;
     let server = git_server();
     // A server without users and without repositories.
-    let anonymous = Git::start(GitServerOptions {
+    let anonymous = GitServer::start(GitServerOptions {
         users: vec![],
         ..Default::default()
     });
