@@ -14,12 +14,13 @@ use crate::admin::{self, AdminState};
 use crate::catalog::{self, Catalog};
 use crate::config::{Args, OriginalDstSource};
 use crate::metrics::Metrics;
-use crate::proxy::{self, FirstFound, OriginalDst, ProxySettings, Shared, SoOriginalDst};
+use crate::proxy::{FirstFound, OriginalDst, ProxySettings, Shared, SoOriginalDst};
 use crate::redirect::{Redirect, RedirectError, RedirectSettings};
 use crate::resolve::{ResolveError, Resolver};
 use crate::standalone::{self, ConfigFolder, FolderError};
 use crate::tls::{CertAuthority, LeafCertificates, TlsError};
 use crate::upstream::{UpstreamSettings, Upstreams};
+use crate::workers::{self, Workers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -43,6 +44,8 @@ pub enum StartError {
     Redirect(#[from] RedirectError),
     #[error("--original-dst ebpf needs the eBPF redirect (--redirect-cgroup)")]
     EbpfSourceWithoutRedirect,
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running agent.
@@ -51,6 +54,8 @@ pub struct Agent {
     drain_timeout: Duration,
     /// The eBPF redirect, when `--redirect-cgroup` is given; detached first at shutdown.
     redirect: Option<Redirect>,
+    /// The data-path threads.
+    workers: Option<Workers>,
 }
 
 impl Agent {
@@ -79,6 +84,7 @@ impl Agent {
         let shared = Arc::new(Shared {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             leaves: LeafCertificates::new(Arc::new(ca), provider),
+            upstreams: upstreams.clone(),
             settings: ProxySettings {
                 response_timeout: args.response_timeout,
                 ..Default::default()
@@ -98,14 +104,21 @@ impl Agent {
                 .await
                 .map_err(|source| StartError::Bind { addr, what, source })
         };
-        let proxy_listener = bind(args.proxy_listen, "forward proxy").await?;
-        let transparent_listener = match args.transparent_listen {
+        let n = args.worker_count();
+        let bind_workers = |addr: SocketAddr, what: &'static str| {
+            workers::bind(addr, n).map_err(|source| StartError::Bind { addr, what, source })
+        };
+        let proxy_listeners = bind_workers(args.proxy_listen, "forward proxy")?;
+        let transparent_listeners = match args.transparent_listen {
             Some(addr) if addr.ip().is_loopback() => {
                 return Err(StartError::LoopbackTransparent(addr));
             }
-            Some(addr) => Some(bind(addr, "transparent listener").await?),
-            None => None,
+            Some(addr) => bind_workers(addr, "transparent listener")?,
+            None => Vec::new(),
         };
+        let transparent_addr = transparent_listeners
+            .first()
+            .and_then(|l| l.local_addr().ok());
         let admin_listener = bind(args.admin_listen, "admin").await?;
         let metrics_listener = bind(args.metrics_listen, "metrics").await?;
         let health_listener = bind(args.health_listen, "health").await?;
@@ -137,18 +150,15 @@ impl Agent {
             let settings = RedirectSettings::new(
                 args.redirect_cgroups.clone(),
                 &args.redirect_to,
-                transparent_listener
-                    .as_ref()
-                    .and_then(|l| l.local_addr().ok()),
+                transparent_addr,
                 args.redirect_refresh,
             )?;
             let resolver = upstreams.resolver().clone();
             Some(Redirect::start(settings, shared.clone(), resolver).await?)
         };
-        tracing::info!(addr = %args.proxy_listen, "forward proxy listening");
-        tokio::spawn(proxy::serve_forward(shared.clone(), proxy_listener));
-        if let Some(l) = transparent_listener {
-            let origin: Arc<dyn OriginalDst> = match (args.original_dst, &redirect) {
+        let origin: Option<Arc<dyn OriginalDst>> = match transparent_addr {
+            None => None,
+            Some(_) => Some(match (args.original_dst, &redirect) {
                 (OriginalDstSource::Netfilter, _) | (OriginalDstSource::Auto, None) => {
                     Arc::new(SoOriginalDst)
                 }
@@ -160,9 +170,19 @@ impl Agent {
                     Arc::new(r.original_dst()?),
                     Arc::new(SoOriginalDst),
                 ])),
-            };
-            tracing::info!(addr = ?l.local_addr().ok(), "transparent listener listening");
-            tokio::spawn(proxy::serve_transparent(shared.clone(), l, origin));
+            }),
+        };
+        let workers = Workers::start(
+            &shared,
+            proxy_listeners,
+            transparent_listeners,
+            origin,
+            args.drain_timeout,
+        )
+        .map_err(StartError::Workers)?;
+        tracing::info!(addr = %args.proxy_listen, workers = n, "forward proxy listening");
+        if let Some(addr) = transparent_addr {
+            tracing::info!(%addr, "transparent listener listening");
         }
 
         // Apply every change to the folder.
@@ -176,6 +196,7 @@ impl Agent {
                     changed = changes.recv() => if changed.is_none() { break },
                     () = reload_shared.shutdown.cancelled() => break,
                 }
+                standalone::settle(&mut changes).await;
                 generation += 1;
                 folder = match apply(&reload_shared, &upstreams, folder, generation).await {
                     Ok(f) => f,
@@ -191,11 +212,12 @@ impl Agent {
             shared,
             drain_timeout: args.drain_timeout,
             redirect,
+            workers: Some(workers),
         })
     }
 
     /// Stops accepting, lets open connections finish within the drain timeout, then returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         // New connections go direct from now on, never to a proxy that is going away.
         if let Some(r) = &self.redirect {
             r.stop();
@@ -214,6 +236,11 @@ impl Agent {
                 open = self.shared.tasks.len(),
                 "drain timeout reached; closing the rest"
             );
+        }
+        if let Some(w) = self.workers.take()
+            && tokio::task::spawn_blocking(move || w.join()).await.is_err()
+        {
+            tracing::warn!("worker threads did not stop cleanly");
         }
     }
 }

@@ -119,6 +119,11 @@ pub struct Args {
     #[arg(long, env = "CONNECTORS_DRAIN_TIMEOUT", default_value = "10", value_parser = seconds)]
     pub drain_timeout: Duration,
 
+    /// Data-path worker threads, each with its own listeners and upstream pools. Default: one
+    /// per CPU.
+    #[arg(long, env = "CONNECTORS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
+
     /// Log format.
     #[arg(
         long,
@@ -150,6 +155,14 @@ fn seconds(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
+    /// The number of worker threads.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
     /// The CA files: given, or `ca.crt`/`ca.key` in the config folder.
     pub fn ca_paths(&self) -> (PathBuf, PathBuf) {
         match (&self.ca_cert, &self.ca_key) {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod body;
 pub mod catalog;
 pub mod config;
 pub mod metrics;
@@ -13,3 +14,4 @@ pub mod resolve;
 pub mod standalone;
 pub mod tls;
 pub mod upstream;
+pub mod workers;

@@ -4,7 +4,9 @@ use connectors_agent::config::{Args, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
+/// The main thread runs the control side (configuration, admin endpoints, the eBPF redirect);
+/// the data path runs on worker threads of its own (see `workers`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -326,37 +326,47 @@ fn add_object(objects: &mut Objects, obj: Object, source: Source, problems: &mut
     }
 }
 
-/// Watches the folder; each batch of changes sends one `()`. Dropping the returned guard stops it.
-pub fn watch(dir: &Path) -> Result<(impl Drop + use<>, mpsc::Receiver<()>), FolderError> {
+/// Watches the folder: each change sends one `()` (a full channel already holds a pending
+/// reload, which will see the change). Dropping the returned watcher stops it. Batching edits
+/// that come together is the reader's job ([`settle`]); the watcher itself never wakes up on
+/// its own.
+pub fn watch(dir: &Path) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), FolderError> {
+    use notify::Watcher as _;
     let (tx, rx) = mpsc::channel(1);
-    let mut debouncer = notify_debouncer_full::new_debouncer(
-        DEBOUNCE,
-        None,
-        move |res: notify_debouncer_full::DebounceEventResult| match res {
-            Ok(events) if events.iter().any(|e| !e.kind.is_access()) => {
-                // A full channel already holds a pending reload, which will see this change.
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(e) if e.kind.is_access() => {}
+            Ok(_) => {
                 let _ = tx.try_send(());
             }
-            Ok(_) => {}
-            Err(errors) => {
-                for e in errors {
-                    tracing::warn!(error = %e, "config folder watch error");
-                }
+            Err(e) => {
+                tracing::warn!(error = %e, "config folder watch error");
                 let _ = tx.try_send(());
             }
-        },
-    )
-    .map_err(|e| FolderError::Watch {
-        path: dir.to_owned(),
-        source: e,
-    })?;
-    debouncer
+        })
+        .map_err(|e| FolderError::Watch {
+            path: dir.to_owned(),
+            source: e,
+        })?;
+    watcher
         .watch(dir, notify::RecursiveMode::Recursive)
         .map_err(|e| FolderError::Watch {
             path: dir.to_owned(),
             source: e,
         })?;
-    Ok((debouncer, rx))
+    Ok((watcher, rx))
+}
+
+/// After a change, waits until the folder has been quiet for [`DEBOUNCE`], so that a burst of
+/// edits (an editor's write and rename, `kubectl`-style tools writing several files) applies
+/// once.
+pub async fn settle(changes: &mut mpsc::Receiver<()>) {
+    loop {
+        tokio::time::sleep(DEBOUNCE).await;
+        if changes.try_recv().is_err() {
+            return;
+        }
+    }
 }
 
 /// Counts of what a load found, for the log.

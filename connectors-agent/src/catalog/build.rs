@@ -28,7 +28,6 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
     let mut routes = Vec::new();
     let mut reports = Vec::new();
     let mut index: HashMap<EndpointKey, Vec<_>> = HashMap::new();
-    let mut roots_in_use = Vec::new();
     for (id, (connector, source)) in &objects.connectors {
         let _span = tracing::debug_span!("connector", connector = %id).entered();
         let class = objects
@@ -55,26 +54,23 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
             (Ok(c), Ok(_)) => RouteState::Ready(c.clone()),
             (Err(e), _) | (_, Err(e)) => RouteState::NotReady(e.clone()),
         };
-        let client = match upstreams.client(roots.as_deref().unwrap_or_default()) {
-            Ok(c) => c,
+        let trust = match upstreams.trust(roots.as_deref().unwrap_or_default()) {
+            Ok(t) => t,
             Err(e) => {
-                state = RouteState::NotReady(format!("upstream TLS: {e}"));
-                match upstreams.client(&[]) {
-                    Ok(c) => c,
+                state = RouteState::NotReady(format!("caCertSecretRef: {e}"));
+                match upstreams.trust(&[]) {
+                    Ok(t) => t,
                     Err(e) => {
                         problems.push(Problem {
                             source: source.clone(),
                             object: Some(format!("Connector {id}")),
-                            message: format!("no upstream client: {e}"),
+                            message: format!("no upstream TLS configuration: {e}"),
                         });
                         continue;
                     }
                 }
             }
         };
-        if let Ok(r) = roots {
-            roots_in_use.push(r);
-        }
         a.conditions.push(ready_condition(&a.conditions));
         if let RouteState::NotReady(why) = &state {
             problems.push(Problem {
@@ -105,7 +101,7 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
             class: connector.spec.connector_class_name.clone(),
             addresses: addresses.clone(),
             state,
-            client,
+            trust,
         });
         for addr in addresses {
             index
@@ -146,7 +142,6 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
             }
         }
     }
-    upstreams.retain(&roots_in_use);
     Catalog {
         generation,
         routes,

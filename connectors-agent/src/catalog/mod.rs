@@ -15,7 +15,7 @@ use connectors_crd::{Connector, ConnectorClass, ConnectorId};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 
-use crate::upstream::UpstreamClients;
+use crate::upstream::TrustId;
 
 pub use build::build;
 
@@ -88,7 +88,8 @@ pub struct Route {
     pub class: String,
     pub addresses: Vec<ToolAddress>,
     pub state: RouteState,
-    pub client: UpstreamClients,
+    /// The trust set the tool's certificate is checked against.
+    pub trust: TrustId,
 }
 
 /// The status of a Connector as the agent sees it (no secrets).

@@ -12,7 +12,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
@@ -53,7 +53,6 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         async move { Ok::<_, Infallible>(proxy_request(shared, peer, req).await) }
     });
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

@@ -14,6 +14,7 @@ use secrecy::ExposeSecret as _;
 use tracing::Instrument as _;
 
 use super::{ConnTarget, ProxyBody, Refusal, Shared};
+use crate::body;
 use crate::catalog::{Selection, normalize_host};
 
 /// Handles one request; never fails (a refusal becomes its response).
@@ -99,7 +100,15 @@ async fn forward(
     let uri: Uri = format!("{scheme}://{authority}{path_and_query}")
         .parse()
         .map_err(|e| Refusal::BadRequest(format!("cannot form the upstream URL: {e}")))?;
-    let client = route.client.for_version(req.version()).clone();
+    let client = shared
+        .upstreams
+        .clients(route.trust)
+        .map_err(|e| Refusal::NotReady {
+            id: route.id.clone(),
+            why: format!("upstream TLS: {e}"),
+        })?
+        .for_version(req.version())
+        .clone();
     // An HTTP/1.1 upgrade (WebSocket, kubectl exec) keeps its Upgrade header, and the two
     // upgraded connections are spliced once the tool answers 101.
     let upgrade =
@@ -123,7 +132,24 @@ async fn forward(
         headers.insert(name.clone(), value.clone());
     }
 
+    let (parts, body) = req.into_parts();
+    // An upgrade request's body is empty, and its connection must stay hyper's to hand over.
     let timeout = shared.settings.response_timeout;
+    let body = if upgrade.is_some() {
+        Either::Left(body)
+    } else {
+        tokio::time::timeout(timeout, body::coalesce(&parts.headers, body))
+            .await
+            .map_err(|_| {
+                Refusal::BadRequest(format!(
+                    "the request body did not arrive within {}s",
+                    timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| Refusal::BadRequest(format!("the request body could not be read: {e}")))?
+    };
+    let req = Request::from_parts(parts, body);
+
     let sent = tokio::time::timeout(timeout, client.request(req))
         .instrument(span)
         .await;
@@ -194,7 +220,15 @@ async fn forward(
     }
     strip_hop_by_hop(resp.headers_mut());
     *resp.version_mut() = Version::default();
-    Ok((resp.map(Either::Left), connector))
+    let (parts, body) = resp.into_parts();
+    let body = body::coalesce(&parts.headers, body)
+        .await
+        .map_err(|e| Refusal::Unreachable {
+            id: route.id.clone(),
+            authority: authority_with_port(&host, port),
+            cause: format!("the response body broke off: {e}"),
+        })?;
+    Ok((Response::from_parts(parts, body), connector))
 }
 
 /// Whether the `Connection` header lists `token`.

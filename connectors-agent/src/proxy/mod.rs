@@ -15,16 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use connectors_crd::address::Scheme;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::tls::LeafCertificates;
+use crate::upstream::Upstreams;
 
 pub use forward::serve_forward;
 pub use refusal::{REFUSAL_HEADER, Refusal};
@@ -32,8 +30,8 @@ pub use transparent::{
     Destination, FirstFound, LookupError, OriginalDst, SoOriginalDst, serve_transparent,
 };
 
-/// A response body: the tool's, streamed, or one the proxy wrote.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// A response body: the tool's, or one the proxy wrote.
+pub type ProxyBody = crate::body::Body;
 
 /// Settings of the data path.
 #[derive(Clone, Debug)]
@@ -57,6 +55,8 @@ impl Default for ProxySettings {
 pub struct Shared {
     pub catalog: ArcSwap<Catalog>,
     pub leaves: LeafCertificates,
+    /// Upstream clients (per worker thread).
+    pub upstreams: Arc<Upstreams>,
     pub settings: ProxySettings,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the agent stops: listeners stop accepting, connections finish and close.

@@ -23,6 +23,9 @@ use super::stats::{median, percentile, ratio, us};
 use crate::cmd::{cargo, exec, output};
 
 const USER: &str = "bench";
+/// Keep-alive requests are made in this many runs per mode, the modes taking turns, so that
+/// drift in the machine's load hits every mode alike.
+const CHUNKS: usize = 10;
 const PASSWORD: &str = "bench-password";
 
 #[derive(Args)]
@@ -34,7 +37,7 @@ pub struct ProxyBenchArgs {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Keep-alive requests per mode.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20000)]
     pub requests: usize,
 }
 
@@ -119,10 +122,39 @@ pub fn run(args: &ProxyBenchArgs) -> anyhow::Result<()> {
     }
     let peak_after_clones = s.agent.peak_rss_kib();
 
-    eprintln!("keep-alive requests, {} per mode...", args.requests);
-    let mut latencies = Vec::new();
-    for mode in Mode::ALL {
-        latencies.push((mode, keep_alive(&s, mode, args.requests)?));
+    eprintln!(
+        "keep-alive requests, {} per mode in {CHUNKS} interleaved chunks...",
+        args.requests
+    );
+    let mut latencies: Vec<(Mode, Vec<Duration>)> =
+        Mode::ALL.iter().map(|m| (*m, vec![])).collect();
+    // CPU time of the agent during its runs, and of the nginx injector during its runs.
+    let mut proxy_cpu = Duration::ZERO;
+    let mut nginx_cpu = Duration::ZERO;
+    for _ in 0..CHUNKS {
+        for (mode, samples) in latencies.iter_mut() {
+            let cpu_pids = match mode {
+                Mode::Proxy => vec![s.agent.pid()],
+                Mode::Nginx => process_tree(s.nginx.child.id()),
+                Mode::Direct => vec![],
+            };
+            let cpu_before = cpu_time(&cpu_pids);
+            let chunk = keep_alive(&s, *mode, args.requests.div_ceil(CHUNKS))?;
+            let used = cpu_time(&cpu_pids).saturating_sub(cpu_before);
+            match mode {
+                Mode::Proxy => proxy_cpu += used,
+                Mode::Nginx => nginx_cpu += used,
+                Mode::Direct => {}
+            }
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "  {:<40} chunk p50 {:>6.0} us",
+                    mode.label(),
+                    us(percentile(&chunk, 50.0))
+                );
+            }
+            samples.extend(chunk);
+        }
     }
 
     println!();
@@ -156,7 +188,7 @@ pub fn run(args: &ProxyBenchArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "keep-alive GET of 100 bytes, {} sequential requests on one connection (first 20 dropped):",
+        "keep-alive GET of 100 bytes, {} sequential requests per mode ({CHUNKS} runs of one connection each, first 20 of each dropped):",
         args.requests
     );
     println!("  {:<40} {:>9} {:>9}", "", "p50", "p99");
@@ -181,6 +213,12 @@ pub fn run(args: &ProxyBenchArgs) -> anyhow::Result<()> {
         }
         println!("{line}");
     }
+    let per_request = |cpu: Duration| us(cpu) / (CHUNKS * args.requests.div_ceil(CHUNKS)) as f64;
+    println!(
+        "  CPU per request: connectors proxy {:.1} us, nginx injecting the header {:.1} us",
+        per_request(proxy_cpu),
+        per_request(nginx_cpu)
+    );
     println!();
     println!(
         "agent memory: {:.1} MB resident idle, {:.1} MB peak after the clones, {:.1} MB peak at the end",
@@ -325,6 +363,45 @@ fn keep_alive(s: &Setup, mode: Mode, n: usize) -> anyhow::Result<Vec<Duration>> 
         );
     }
     Ok(times[WARMUP..].to_vec())
+}
+
+/// User plus system CPU time of these processes so far (from /proc, 10 ms resolution).
+fn cpu_time(pids: &[u32]) -> Duration {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) start at ") ".
+            let rest = stat.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A process and its children (nginx's master and workers).
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.to_owned()))
+                .and_then(|r| {
+                    r.split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.parse::<u32>().ok())
+                });
+            if ppid == Some(root) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
 }
 
 /// nginx as a TLS reverse proxy that adds the same `Authorization` header: the classic way.
