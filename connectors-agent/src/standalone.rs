@@ -18,7 +18,11 @@ use crate::catalog::{Objects, Problem, Source};
 
 /// The built-in classes, as shipped in deploy/classes. A class of the same name in the folder
 /// replaces one of these.
-const BUILT_IN_CLASSES: &[(&str, &str)] = &[("git", include_str!("../../deploy/classes/git.yaml"))];
+const BUILT_IN_CLASSES: &[(&str, &str)] = &[
+    ("git", include_str!("../../deploy/classes/git.yaml")),
+    ("oci", include_str!("../../deploy/classes/oci.yaml")),
+    ("k8s", include_str!("../../deploy/classes/k8s.yaml")),
+];
 
 /// Files larger than this are refused (a config file is a few kilobytes).
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -411,7 +415,9 @@ stringData: {username: u, password: hunter2}
         let (objects, problems) = f.load().unwrap();
         assert_eq!(objects.connectors.len(), 1);
         assert_eq!(objects.secrets.len(), 1);
-        assert!(matches!(objects.classes["git"].1, Source::BuiltIn(_)));
+        for class in ["git", "oci", "k8s"] {
+            assert!(matches!(objects.classes[class].1, Source::BuiltIn(_)));
+        }
         assert_eq!(problems.len(), 1, "{problems:?}");
         let p = problems[0].to_string();
         assert!(p.contains("b.yaml"), "{p}");
