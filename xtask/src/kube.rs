@@ -226,15 +226,7 @@ fn ensure_deb_src() -> anyhow::Result<()> {
         std::fs::write(path, text).with_context(|| format!("writing {path}"))?;
         eprintln!("added source package entries: {path}");
     }
-    exec(
-        Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .or_else(|e| {
-        eprintln!("apt-get update reported a problem ({e}); continuing");
-        Ok(())
-    })
+    crate::setup::apt_update()
 }
 
 /// The file to write (path, text) so that apt knows Debian's source packages, derived from the

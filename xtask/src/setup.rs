@@ -77,16 +77,7 @@ pub fn apt(packages: &[&str]) -> anyhow::Result<()> {
             missing.join(" ")
         );
     }
-    exec(
-        Command::new("apt-get")
-            .args(["update", "-qq"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .or_else(|e| {
-        // A third-party source failing must not stop the Debian ones.
-        eprintln!("apt-get update reported a problem ({e}); continuing");
-        Ok::<(), anyhow::Error>(())
-    })?;
+    apt_update()?;
     exec(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -165,4 +156,17 @@ fn bpf_linker() -> anyhow::Result<()> {
             .arg(&root)
             .env("LLVM_PREFIX", &prefix),
     )
+}
+
+/// `apt-get update`. A third-party source failing must not stop the Debian ones, so its
+/// failure is reported and setup goes on.
+pub fn apt_update() -> anyhow::Result<()> {
+    if let Err(e) = exec(
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    ) {
+        eprintln!("apt-get update reported a problem ({e}); continuing");
+    }
+    Ok(())
 }

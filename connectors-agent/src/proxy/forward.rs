@@ -16,34 +16,18 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument as _;
 
+use super::accept::accept_loop;
 use super::handler::{self, authority_with_port};
 use super::{ConnTarget, ProxyBody, Refusal, Shared, intercept};
 use crate::catalog::normalize_host;
 
 /// Accepts forward-proxy connections until shutdown.
 pub async fn serve_forward(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shared.shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        shared.metrics.connection("forward");
+    accept_loop(&shared, listener, "forward", |stream, peer| {
         let span = tracing::debug_span!("conn", listener = "forward", %peer);
-        shared
-            .tasks
-            .spawn(serve_connection(shared.clone(), stream, peer).instrument(span));
-    }
+        Some((serve_connection(shared.clone(), stream, peer), span))
+    })
+    .await;
 }
 
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {

@@ -3,6 +3,7 @@
 //! HTTP/1.1 or HTTP/2) and the same request handler (pick the Connector, add its credentials,
 //! forward, stream the answer back).
 
+mod accept;
 mod forward;
 mod handler;
 mod intercept;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use connectors_crd::address::Scheme;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::Instrument as _;
 
+use super::accept::accept_loop;
 use super::{ConnTarget, Shared, Workload, intercept};
 
 /// Where a redirected connection was going.
@@ -147,25 +147,12 @@ pub async fn serve_transparent(
     origin: Arc<dyn OriginalDst>,
 ) {
     let own = listener.local_addr().ok();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shared.shutdown.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        shared.metrics.connection("transparent");
+    accept_loop(&shared, listener, "transparent", |stream, peer| {
         let local = match stream.local_addr() {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(error = %e, "accepted socket has no local address");
-                continue;
+                return None;
             }
         };
         let dest = match origin.lookup(&stream, peer, local) {
@@ -173,16 +160,13 @@ pub async fn serve_transparent(
             Err(e) => {
                 tracing::info!(%peer, error = %e, "closing a connection with no known destination");
                 shared.metrics.refusal("no-original-destination");
-                continue;
+                return None;
             }
         };
         if Some(dest.addr) == own || dest.addr == local {
             tracing::info!(%peer, "closing a connection addressed to the proxy itself");
             shared.metrics.refusal("loop");
-            continue;
-        }
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            return None;
         }
         let target = ConnTarget {
             peer,
@@ -193,8 +177,10 @@ pub async fn serve_transparent(
         };
         let span = tracing::debug_span!("conn", listener = "transparent", %peer, dest = %dest.addr);
         let fallback = dest.addr.ip().to_string();
-        shared
-            .tasks
-            .spawn(intercept::serve(shared.clone(), stream, target, fallback).instrument(span));
-    }
+        Some((
+            intercept::serve(shared.clone(), stream, target, fallback),
+            span,
+        ))
+    })
+    .await;
 }

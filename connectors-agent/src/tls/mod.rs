@@ -2,13 +2,28 @@
 
 mod ca;
 mod leaf;
-mod roots;
 
 use std::path::PathBuf;
 
 pub use ca::CertAuthority;
+pub use connectors_crd::tls::TrustError;
 pub use leaf::LeafCertificates;
-pub use roots::{client_config, parse_pem_certs};
+
+/// A client configuration trusting the system roots and `extra` CA certificates (shared with
+/// the controller's probes).
+pub fn client_config(
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    extra: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(connectors_crd::tls::client_config(provider, extra)?)
+}
+
+/// Parses every certificate of a PEM bundle.
+pub fn parse_pem_certs(
+    pem: &[u8],
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, TlsError> {
+    Ok(connectors_crd::tls::parse_pem_certs(pem)?)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -30,6 +45,6 @@ pub enum TlsError {
     Mint { host: String, reason: String },
     #[error("TLS configuration: {0}")]
     Config(String),
-    #[error("no PEM certificate found")]
-    NoCertificate,
+    #[error(transparent)]
+    Trust(#[from] TrustError),
 }
