@@ -118,7 +118,8 @@ fn connect(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Res
                         port,
                         workload: None,
                     };
-                    intercept::serve(task_shared, TokioIo::new(upgraded), target, host).await;
+                    intercept::serve_tunnel(task_shared, TokioIo::new(upgraded), target, host)
+                        .await;
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
             }

@@ -10,6 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::rewind::Rewind;
@@ -18,27 +19,55 @@ use super::{ConnTarget, Shared, handler};
 /// First byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-/// Serves a connection to its end. `target.scheme` is set here from what the workload speaks.
-/// `fallback_host` names the certificate when the workload sends no server name.
-pub async fn serve<IO>(
+/// Serves a `CONNECT` tunnel: its first byte is read (and replayed) to tell TLS from plain HTTP.
+pub async fn serve_tunnel<IO>(
     shared: Arc<Shared>,
     mut io: IO,
-    mut target: ConnTarget,
+    target: ConnTarget,
     fallback_host: String,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut first = [0u8; 1];
     match io.read(&mut first).await {
-        Ok(0) => return,
-        Ok(_) => {}
-        Err(e) => {
-            tracing::debug!(error = %e, "connection closed before its first byte");
-            return;
+        Ok(0) => {}
+        Ok(_) => {
+            let io = Rewind::new(io, Bytes::copy_from_slice(&first));
+            serve(shared, io, first[0], target, fallback_host).await;
         }
+        Err(e) => tracing::debug!(error = %e, "tunnel closed before its first byte"),
     }
-    let io = Rewind::new(io, Bytes::copy_from_slice(&first));
-    if first[0] != TLS_HANDSHAKE {
+}
+
+/// Serves a redirected socket: its first byte is peeked, not consumed, so the TLS or HTTP layer
+/// reads the whole first message in one go.
+pub async fn serve_socket(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    target: ConnTarget,
+    fallback_host: String,
+) {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) => {}
+        Ok(_) => serve(shared, stream, first[0], target, fallback_host).await,
+        Err(e) => tracing::debug!(error = %e, "connection closed before its first byte"),
+    }
+}
+
+/// Serves a connection to its end. `target.scheme` is set here from what the workload speaks
+/// (`first` is the first byte it sent). `fallback_host` names the certificate when the workload
+/// sends no server name.
+async fn serve<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    first: u8,
+    mut target: ConnTarget,
+    fallback_host: String,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if first != TLS_HANDSHAKE {
         target.scheme = Scheme::Http;
         serve_http(shared, io, target).await;
         return;

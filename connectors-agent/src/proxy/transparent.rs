@@ -178,7 +178,7 @@ pub async fn serve_transparent(
         let span = tracing::debug_span!("conn", listener = "transparent", %peer, dest = %dest.addr);
         let fallback = dest.addr.ip().to_string();
         Some((
-            intercept::serve(shared.clone(), stream, target, fallback),
+            intercept::serve_socket(shared.clone(), stream, target, fallback),
             span,
         ))
     })
