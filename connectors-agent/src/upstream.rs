@@ -120,9 +120,17 @@ impl Upstreams {
         Ok(id)
     }
 
-    /// This thread's clients for a trust set, made on first use.
-    pub fn clients(&self, trust: TrustId) -> Result<UpstreamClients, TlsError> {
-        let cached = CLIENTS.with_borrow(|c| c.get(trust.0).cloned().flatten());
+    /// This thread's client for a trust set and a request version, made on first use.
+    pub fn client(
+        &self,
+        trust: TrustId,
+        version: http::Version,
+    ) -> Result<UpstreamClient, TlsError> {
+        let cached = CLIENTS.with_borrow(|c| {
+            c.get(trust.0)
+                .and_then(Option::as_ref)
+                .map(|clients| clients.for_version(version).clone())
+        });
         if let Some(c) = cached {
             return Ok(c);
         }
@@ -143,7 +151,7 @@ impl Upstreams {
             }
             c[trust.0] = Some(made.clone());
         });
-        Ok(made)
+        Ok(made.for_version(version).clone())
     }
 
     fn build(&self, config: &ClientConfig, offer_h2: bool) -> UpstreamClient {

@@ -306,6 +306,16 @@ fn git_server() -> GitServer {
     s
 }
 
+/// A namespace with a git server, a basic-auth Secret `git-creds` holding `password`, and a
+/// Connector `git` for that server.
+async fn git_connector(client: &Client, ns: &str, password: &str) -> GitServer {
+    namespace(client, ns).await;
+    let server = git_server();
+    basic_secret(client, ns, "git-creds", password).await;
+    create_connector(client, ns, "git", git_spec(&http_url(&server), "git-creds")).await;
+    server
+}
+
 fn http_url(s: &GitServer) -> String {
     format!("http://127.0.0.1:{}", s.addr.port())
 }
@@ -318,16 +328,7 @@ async fn good_credentials_turn_ready_and_kubectl_shows_it() {
     let e = env();
     let client = admin().await;
     let ns = "good";
-    namespace(&client, ns).await;
-    let server = git_server();
-    basic_secret(&client, ns, "git-creds", PASSWORD).await;
-    create_connector(
-        &client,
-        ns,
-        "git",
-        git_spec(&http_url(&server), "git-creds"),
-    )
-    .await;
+    let server = git_connector(&client, ns, PASSWORD).await;
     let (c, took) = wait_ready(&client, ns, "git").await;
     eprintln!("Ready after {} ms", took.as_millis());
 
@@ -420,16 +421,7 @@ async fn wrong_password_quotes_the_tool_and_a_fixed_secret_is_picked_up() {
     let e = env();
     let client = admin().await;
     let ns = "wrong-password";
-    namespace(&client, ns).await;
-    let server = git_server();
-    basic_secret(&client, ns, "git-creds", WRONG).await;
-    create_connector(
-        &client,
-        ns,
-        "git",
-        git_spec(&http_url(&server), "git-creds"),
-    )
-    .await;
+    let _server = git_connector(&client, ns, WRONG).await;
     let (c, _) = wait_connector(&client, ns, "git", READY_WITHIN, "AuthReady=False", |c| {
         is(c, types::AUTH_READY, "False", "AuthenticationFailed")
     })
@@ -579,16 +571,7 @@ async fn secret_deleted_then_restored_without_restart() {
     env();
     let client = admin().await;
     let ns = "secret-lifecycle";
-    namespace(&client, ns).await;
-    let server = git_server();
-    basic_secret(&client, ns, "git-creds", PASSWORD).await;
-    create_connector(
-        &client,
-        ns,
-        "git",
-        git_spec(&http_url(&server), "git-creds"),
-    )
-    .await;
+    let _server = git_connector(&client, ns, PASSWORD).await;
     wait_ready(&client, ns, "git").await;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);

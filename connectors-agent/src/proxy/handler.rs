@@ -102,13 +102,11 @@ async fn forward(
         .map_err(|e| Refusal::BadRequest(format!("cannot form the upstream URL: {e}")))?;
     let client = shared
         .upstreams
-        .clients(route.trust)
+        .client(route.trust, req.version())
         .map_err(|e| Refusal::NotReady {
             id: route.id.clone(),
             why: format!("upstream TLS: {e}"),
-        })?
-        .for_version(req.version())
-        .clone();
+        })?;
     // An HTTP/1.1 upgrade (WebSocket, kubectl exec) keeps its Upgrade header, and the two
     // upgraded connections are spliced once the tool answers 101.
     let upgrade =

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use crate::address::{Scheme, ToolAddress};
+use crate::address::ToolAddress;
 use crate::class::{AuthType, ConnectorClassSpec, Probe};
 use crate::connector::{Connector, ConnectorSpec};
 use crate::credentials;
@@ -408,11 +408,6 @@ fn check_auth(
         }
     }
     (Some(auth_type), secret_name)
-}
-
-/// True when every address of the Connector uses TLS.
-pub fn all_tls(c: &CheckedConnector) -> bool {
-    c.addresses().all(|a| a.scheme == Scheme::Https)
 }
 
 #[cfg(test)]
