@@ -4,14 +4,19 @@
 
 pub mod admin;
 pub mod agent;
+pub mod api;
+pub mod authz;
 pub mod body;
 pub mod catalog;
 pub mod config;
+pub mod controller_api;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;
 pub mod resolve;
-pub mod standalone;
+pub mod rlimit;
+pub mod source;
 pub mod tls;
 pub mod upstream;
 pub mod workers;
+pub mod workload;

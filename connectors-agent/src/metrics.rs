@@ -30,6 +30,17 @@ struct ListenerLabels {
     listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    /// `allowed`, or the rule that refused (`namespace`, `rbac`, `unavailable`, `unidentified`).
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: String,
+}
+
 type HistogramFamily = Family<ConnectorLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -40,6 +51,11 @@ pub struct Metrics {
     connections: Family<ListenerLabels, Counter>,
     config_generation: Gauge,
     config_problems: Gauge,
+    decisions: Family<DecisionLabels, Counter>,
+    authz_cache: Family<CacheLabels, Counter>,
+    pods_redirected: Gauge,
+    redirect_activation: Histogram,
+    passed_through: Counter,
 }
 
 impl Default for Metrics {
@@ -88,8 +104,43 @@ impl Metrics {
             "Problems found in the configuration in use",
             config_problems.clone(),
         );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "access_decisions",
+            "Kubernetes mode: may this pod use this Connector, by outcome (allowed, or the rule that refused)",
+            decisions.clone(),
+        );
+        let authz_cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "authz_cache",
+            "SubjectAccessReview answers served from the cache (hit) or asked for (miss)",
+            authz_cache.clone(),
+        );
+        let pods_redirected = Gauge::default();
+        registry.register(
+            "pods_redirected",
+            "Labelled pods of this node whose connections to tools are redirected",
+            pods_redirected.clone(),
+        );
+        let redirect_activation = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "redirect_activation_seconds",
+            "From a labelled pod's cgroup appearing to its redirect being active",
+            redirect_activation.clone(),
+        );
+        let passed_through = Counter::default();
+        registry.register(
+            "passed_through",
+            "Redirected connections or requests no Connector serves, passed to their destination untouched",
+            passed_through.clone(),
+        );
         Self {
             registry,
+            decisions,
+            authz_cache,
+            pods_redirected,
+            redirect_activation,
+            passed_through,
             requests,
             response_seconds,
             refusals,
@@ -134,6 +185,35 @@ impl Metrics {
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.config_problems
             .set(i64::try_from(problems).unwrap_or(i64::MAX));
+    }
+
+    pub fn decision(&self, outcome: &str) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn authz_cache(&self, hit: bool) {
+        self.authz_cache
+            .get_or_create(&CacheLabels {
+                result: if hit { "hit" } else { "miss" }.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn pods_redirected(&self, n: usize) {
+        self.pods_redirected
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn redirect_activated(&self, after: Duration) {
+        self.redirect_activation.observe(after.as_secs_f64());
+    }
+
+    pub fn passed_through(&self) {
+        self.passed_through.inc();
     }
 
     /// The OpenMetrics text.

@@ -1,15 +1,27 @@
 //! Connections to tools: pooled HTTP/1.1 and HTTP/2 clients, TLS verified against the system
 //! roots plus a Connector's CA, TCP_NODELAY on every socket.
 //!
-//! Each worker thread keeps its own pools ([`Upstreams::clients`]), so that a request and the
+//! Each worker thread keeps its own pools ([`Upstreams::client`]), so that a request and the
 //! upstream connection serving it live on one thread: no cross-thread wakeup per request. Pools
-//! are per trust set (the extra CA certificates of a Connector), interned once as a [`TrustId`]
-//! and reused across config reloads, so that idle connections survive a Secret edit.
+//! are per trust set and client identity (the extra CA certificates of a Connector, and the
+//! client certificate it presents, if any), interned once as a [`TrustId`] and reused across
+//! config reloads, so that idle connections survive a Secret edit, and a connection that
+//! presented one Connector's certificate never serves another's request.
+//!
+//! What else is kept per tool across requests lives here too: registry tokens
+//! ([`Upstreams::tokens`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use connectors_crd::credentials::ClientIdentity;
+use connectors_crd::inject::TokenCache;
+use http_body::{Body as _, Frame, SizeHint};
 
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -20,11 +32,69 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::CertificateDer;
 
 use crate::resolve::Resolver;
-use crate::tls::{self, TlsError};
+use crate::tls::TlsError;
+use secrecy::ExposeSecret as _;
 
 pub type UpstreamConnector = HttpsConnector<HttpConnector<Resolver>>;
 /// A pooled client; cheap to clone.
-pub type UpstreamClient = Client<UpstreamConnector, crate::body::Body>;
+pub type UpstreamClient = Client<UpstreamConnector, RequestBody>;
+
+/// A request body on its way to a tool, which tells when it has been sent whole: the
+/// response timeout runs from then, so a long upload is never cut by it.
+pub struct RequestBody {
+    inner: crate::body::Body,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Resolves once the body of its [`RequestBody`] has been sent whole (or dropped).
+pub type BodySent = tokio::sync::oneshot::Receiver<()>;
+
+impl RequestBody {
+    pub fn new(inner: crate::body::Body) -> (Self, BodySent) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut body = Self {
+            inner,
+            sent: Some(tx),
+        };
+        if body.inner.is_end_stream() {
+            body.finished();
+        }
+        (body, rx)
+    }
+
+    fn finished(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finished(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finished(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The clients for one trust set. HTTP/1.1 requests go out over HTTP/1.1 (the same framing both
 /// sides, the least work per request); HTTP/2 requests over HTTP/2 when the tool offers it
@@ -64,7 +134,8 @@ impl Default for UpstreamSettings {
     }
 }
 
-/// A trust set: the system roots plus these CA certificates. Interned: equal sets share an id.
+/// A trust set (the system roots plus a Connector's CA certificates) and the client identity
+/// presented, if any. Interned: equal pairs share an id, and so a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TrustId(usize);
 
@@ -75,8 +146,10 @@ pub struct Upstreams {
     settings: UpstreamSettings,
     /// TLS configurations by trust id; the index is the id.
     trusts: Mutex<Vec<Arc<ClientConfig>>>,
-    /// Trust ids by the length-prefixed concatenation of the certificates.
+    /// Trust ids by the length-prefixed concatenation of the certificates, and the digest of
+    /// the client identity.
     ids: Mutex<HashMap<Vec<u8>, TrustId>>,
+    tokens: TokenCache,
 }
 
 thread_local! {
@@ -96,6 +169,7 @@ impl Upstreams {
             settings,
             trusts: Mutex::new(Vec::new()),
             ids: Mutex::new(HashMap::new()),
+            tokens: TokenCache::new(),
         }
     }
 
@@ -103,16 +177,46 @@ impl Upstreams {
         &self.resolver
     }
 
+    /// Registry tokens and challenges, shared by every worker.
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+
     /// The id of the trust set "system roots plus `extra_roots`", building its TLS
     /// configuration the first time (which checks the certificates).
     pub fn trust(&self, extra_roots: &[CertificateDer<'static>]) -> Result<TrustId, TlsError> {
-        let key = roots_key(extra_roots);
+        self.trust_for(extra_roots, None)
+    }
+
+    /// As [`Upstreams::trust`], presenting `identity` to tools that ask for a client
+    /// certificate (its chain and key are checked here).
+    pub fn trust_for(
+        &self,
+        extra_roots: &[CertificateDer<'static>],
+        identity: Option<&ClientIdentity>,
+    ) -> Result<TrustId, TlsError> {
+        let mut key = roots_key(extra_roots);
+        if let Some(i) = identity {
+            // A digest, so the key material is not kept a second time.
+            let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+            d.update(i.certificate_pem.as_bytes());
+            d.update(i.key_pem.expose_secret().as_bytes());
+            key.extend_from_slice(b"identity:");
+            key.extend_from_slice(d.finish().as_ref());
+        }
         let poisoned = || TlsError::Config("upstream trust table poisoned".into());
         let mut ids = self.ids.lock().map_err(|_| poisoned())?;
         if let Some(id) = ids.get(&key) {
             return Ok(*id);
         }
-        let config = Arc::new(tls::client_config(self.provider.clone(), extra_roots)?);
+        let config = Arc::new(
+            connectors_crd::tls::client_config_with_identity(
+                self.provider.clone(),
+                extra_roots,
+                identity,
+            )
+            .map_err(TlsError::from)?,
+        );
         let mut trusts = self.trusts.lock().map_err(|_| poisoned())?;
         let id = TrustId(trusts.len());
         trusts.push(config);

@@ -8,7 +8,8 @@ use std::time::Instant;
 use connectors_crd::assess::{self, Assessment, reasons};
 use connectors_crd::condition::{Condition, Status, types};
 use connectors_crd::connector::ApiStatus;
-use connectors_crd::probe::{self, ProbeInput, ProbeKind, ProbeRequest, status_line};
+use connectors_crd::inject::Injector;
+use connectors_crd::probe::{self, ProbeError, ProbeInput, ProbeKind, ProbeRequest, status_line};
 use connectors_crd::validation::CheckedConnector;
 use connectors_crd::{Connector, ConnectorClass, tls};
 use k8s_openapi::api::core::v1::Secret;
@@ -22,7 +23,7 @@ use tracing::Instrument as _;
 
 use crate::context::Context;
 use crate::events::EventType;
-use crate::prober::{Answer, ProbeFailure};
+use crate::prober::{Answer, ProbeFailure, With};
 use crate::status;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,10 @@ pub enum Error {
     #[error("cannot encode the status: {0}")]
     Encode(#[from] serde_json::Error),
 }
+
+/// `AuthReady` reason: the registry's token service is on no address of the Connector, so no
+/// credentials were sent to it.
+const TOKEN_REALM_NOT_ALLOWED: &str = "TokenRealmNotAllowed";
 
 /// The status keys this controller owns (cleared when they no longer apply).
 const OWNED_STATUS: &[&str] = &["observedGeneration", "conditions", "endpoints", "api"];
@@ -139,12 +144,16 @@ async fn reconcile_inner(connector: &Connector, ctx: &Context) -> Result<Action,
     if !endpoints.is_empty() {
         fields.insert("endpoints".into(), serde_json::to_value(&endpoints)?);
     }
-    fields.insert(
-        "api".into(),
-        serde_json::to_value(ApiStatus {
-            path: format!("/connectors/v1alpha1/{namespace}/{name}/path"),
-        })?,
-    );
+    // Published only when the unified REST API serves it (without, it is cleared: "api" is
+    // owned).
+    if ctx.settings.serve_api {
+        fields.insert(
+            "api".into(),
+            serde_json::to_value(ApiStatus {
+                path: format!("/connectors/v1alpha1/{namespace}/{name}/path"),
+            })?,
+        );
+    }
     let patch = status::merge_patch(serde_json::Value::Object(fields), OWNED_STATUS);
     let api: Api<Connector> = Api::namespaced(ctx.client.clone(), &namespace);
     match api
@@ -253,6 +262,26 @@ fn ca_roots(
     roots
 }
 
+/// Whether the class declares a parameter (in `spec.params` or an auth probe's `params`).
+fn declares_param(class: &ConnectorClass, name: &str) -> bool {
+    class.spec.params.iter().any(|p| p.name == name)
+        || class
+            .spec
+            .auth_probes
+            .iter()
+            .any(|ap| ap.params.iter().any(|p| p.name == name))
+}
+
+/// What the liveness probe falls back to when it needs a parameter the Connector does not set:
+/// any HTTP answer at the Connector's address shows the tool is reachable.
+fn reachability_probe() -> connectors_crd::class::HttpProbe {
+    connectors_crd::class::HttpProbe {
+        path: "/".into(),
+        success_codes: (100..=599).collect(),
+        ..Default::default()
+    }
+}
+
 fn not_checked(type_: &str, why: &str) -> Condition {
     Condition::new(type_, Status::Unknown, reasons::NOT_CHECKED, why)
 }
@@ -276,32 +305,61 @@ async fn liveness(
             false,
         );
     };
-    let req = match probe::build(ProbeKind::Liveness, &p.http, "spec.livenessProbe", input) {
+    let mut fallback_for = None;
+    let built = match probe::build(ProbeKind::Liveness, &p.http, "spec.livenessProbe", input) {
+        // A parameter the class declares but the Connector does not set: a reachability check
+        // of its address instead. (An undeclared one is the class's mistake: reported below.)
+        Err(ProbeError::MissingParam { param, .. }) if declares_param(class, &param) => {
+            fallback_for = Some(param);
+            probe::build(
+                ProbeKind::Liveness,
+                &reachability_probe(),
+                "spec.livenessProbe",
+                input,
+            )
+        }
+        other => other,
+    };
+    let req = match built {
         Ok(r) => r,
         Err(e) => {
+            let why = match &e {
+                ProbeError::MissingParam { field, param } => format!(
+                    "{field}: uses parameter '{param}', which the class declares nowhere (spec.params or spec.authProbes[].params)"
+                ),
+                e => e.to_string(),
+            };
             return (
                 Condition::new(
                     types::LIVENESS_READY,
                     Status::False,
                     reasons::PROBE_INVALID,
-                    format!("the liveness probe of class '{class_name}' cannot be sent: {e}"),
+                    format!("the liveness probe of class '{class_name}' cannot be sent: {why}"),
                 ),
                 false,
             );
         }
     };
-    let outcome = send(&req, roots, ctx).await;
+    let outcome = send(&req, roots, With::default(), ctx).await;
     let c = match outcome {
         Ok(answer) if req.succeeded(answer.status) => Condition::new(
             types::LIVENESS_READY,
             Status::True,
             reasons::REACHABLE,
-            format!(
-                "{} {} answered {}",
-                req.method,
-                req.display,
-                describe(&answer)
-            ),
+            match &fallback_for {
+                None => format!(
+                    "{} {} answered {}",
+                    req.method,
+                    req.display,
+                    describe(&answer)
+                ),
+                Some(param) => format!(
+                    "reachable: {} {} answered {} (the class's liveness probe needs parameter '{param}', not set in spec.auth.params, so only reachability was checked)",
+                    req.method,
+                    req.display,
+                    describe(&answer)
+                ),
+            },
         ),
         Ok(answer) => Condition::new(
             types::LIVENESS_READY,
@@ -378,17 +436,40 @@ async fn auth(
             false,
         );
     }
-    let credential = match &a.credential {
-        Ok(c) => c.as_ref(),
+    let injector = match &a.injector {
+        Ok(i) => i.as_ref(),
         Err(_) => None,
     };
     let input = ProbeInput {
-        credential,
+        credential: injector.and_then(Injector::static_credential),
         ..*input
     };
     let field = format!("spec.authProbes[{index}].probe");
     let req = match probe::build(ProbeKind::Auth, &p.probe.http, &field, &input) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            // A token exchanged or a certificate presented carries credentials too.
+            r.with_credentials |= match injector {
+                Some(Injector::RegistryToken(_)) => checked.secret_name.is_some(),
+                Some(Injector::ClientCertificate(_)) => true,
+                _ => false,
+            };
+            r
+        }
+        // The proxy serves the Connector all the same; the credentials are just not tried.
+        Err(ProbeError::MissingParam { param, .. }) => {
+            return (
+                Condition::new(
+                    types::AUTH_READY,
+                    Status::True,
+                    reasons::NOT_PROBED,
+                    format!(
+                        "the Secret fits auth type '{}', but the credentials are not tried against the tool: the class's auth probe needs parameter '{param}' (set it in spec.auth.params to check them)",
+                        auth_type.name
+                    ),
+                ),
+                false,
+            );
+        }
         Err(e) => {
             return (
                 Condition::new(
@@ -410,7 +491,11 @@ async fn auth(
             auth_type.name
         ),
     };
-    let outcome = send(&req, roots, ctx).await;
+    let with = With {
+        identity: injector.and_then(Injector::client_identity),
+        injector,
+    };
+    let outcome = send(&req, roots, with, ctx).await;
     let c = match outcome {
         Ok(answer) if req.succeeded(answer.status) => Condition::new(
             types::AUTH_READY,
@@ -465,9 +550,10 @@ fn assess_condition<'a>(a: &'a Assessment, type_: &str) -> Option<&'a Condition>
 async fn send(
     req: &ProbeRequest,
     roots: &[CertificateDer<'static>],
+    with: With<'_>,
     ctx: &Context,
 ) -> Result<Answer, ProbeFailure> {
-    let (outcome, took) = ctx.prober.send(req, roots).await;
+    let (outcome, took) = ctx.prober.send(req, roots, with).await;
     let result = match &outcome {
         Ok(a) if req.succeeded(a.status) => "success",
         Ok(_) => "failure",
@@ -510,15 +596,19 @@ fn failed(type_: &str, req: &ProbeRequest, failure: &ProbeFailure, ctx: &Context
             reasons::CONNECTION_FAILED,
             "check spec.address and that it serves HTTP(S)",
         ),
+        // The injector's message says what to check.
+        ProbeFailure::Token(t) if t.refused => (reasons::AUTH_FAILED, ""),
+        ProbeFailure::Token(t) if t.realm_not_allowed => (TOKEN_REALM_NOT_ALLOWED, ""),
+        ProbeFailure::Token(_) => (reasons::CONNECTION_FAILED, ""),
     };
     let failure = match failure {
         ProbeFailure::Timeout(_) => format!("no answer within {:?}", ctx.prober.timeout()),
         other => other.to_string(),
     };
-    Condition::new(
-        type_,
-        Status::False,
-        reason,
-        format!("{} {}: {failure}; {hint}", req.method, req.display),
-    )
+    let message = if hint.is_empty() {
+        format!("{} {}: {failure}", req.method, req.display)
+    } else {
+        format!("{} {}: {failure}; {hint}", req.method, req.display)
+    };
+    Condition::new(type_, Status::False, reason, message)
 }

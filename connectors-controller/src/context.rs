@@ -19,6 +19,9 @@ pub struct Settings {
     pub retry: Duration,
     /// After a reconcile that failed (the API server refused or did not answer).
     pub error_retry: Duration,
+    /// The unified REST API is served (`--api`): each Connector's `status.api.path` is written
+    /// only then.
+    pub serve_api: bool,
 }
 
 pub struct Context {

@@ -1,4 +1,5 @@
-//! The controller's own endpoints, each on its own port: health and readiness, and metrics.
+//! The controller's own plain-HTTP endpoints, each on its own port: health and readiness, and
+//! metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,13 +26,17 @@ pub struct Health {
     pub synced: AtomicBool,
     /// Shutdown has begun.
     pub stopping: AtomicBool,
+    /// The HTTPS server can answer: the cluster CA is loaded, its certificate issued, and the
+    /// agent API's caches synced.
+    pub serving: AtomicBool,
 }
 
 impl Health {
-    /// Ready: the API server answers, and a leader has its caches synced. A standby replica is
-    /// ready too: it is ready to take over.
+    /// Ready: the API server answers, the HTTPS server can answer, and a leader has its caches
+    /// synced. A standby replica is ready too: it serves, and is ready to take over.
     pub fn ready(&self) -> bool {
         self.api_reachable.load(Ordering::Acquire)
+            && self.serving.load(Ordering::Acquire)
             && !self.stopping.load(Ordering::Acquire)
             && (!self.leading.load(Ordering::Acquire) || self.synced.load(Ordering::Acquire))
     }
@@ -95,6 +100,8 @@ mod tests {
         let h = Health::default();
         assert!(!h.ready());
         Health::set(&h.api_reachable, true);
+        assert!(!h.ready(), "not ready before it can serve HTTPS");
+        Health::set(&h.serving, true);
         assert!(h.ready(), "a standby is ready");
         Health::set(&h.leading, true);
         assert!(!h.ready(), "a leader waits for its caches");

@@ -31,6 +31,23 @@ struct ProbeKindLabels {
     probe: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentRequestLabels {
+    endpoint: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    result: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
@@ -46,6 +63,14 @@ pub struct Metrics {
     events: Counter,
     leader: Gauge,
     tracked: Gauge,
+    agent_requests: Family<AgentRequestLabels, Counter>,
+    credential_decisions: Family<DecisionLabels, Counter>,
+    token_reviews: Family<ResultLabels, Counter>,
+    access_reviews: Family<ResultLabels, Counter>,
+    intermediates: Counter,
+    admissions: Family<ResultLabels, Counter>,
+    ca_rotations: Family<ResultLabels, Counter>,
+    bundle_writes: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,7 +126,63 @@ impl Metrics {
             "Connectors this replica keeps state for (drops to zero when they are deleted)",
             tracked.clone(),
         );
+        let agent_requests = Family::<AgentRequestLabels, Counter>::default();
+        registry.register(
+            "agent_requests",
+            "Requests to the agent API, by endpoint (intermediate, credentials) and HTTP status",
+            agent_requests.clone(),
+        );
+        let credential_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "credential_decisions",
+            "Connectors asked for by agents, by result (allowed, denied) and the rule that decided (access, namespace, rbac, no-pod, not-found)",
+            credential_decisions.clone(),
+        );
+        let token_reviews = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "token_reviews",
+            "Agent tokens checked, by result (cached, authenticated, rejected, error)",
+            token_reviews.clone(),
+        );
+        let access_reviews = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "access_reviews",
+            "SubjectAccessReviews for (ServiceAccount, Connector), by result (cached, allowed, denied, error)",
+            access_reviews.clone(),
+        );
+        let intermediates = Counter::default();
+        registry.register(
+            "intermediates_issued",
+            "Intermediate CA certificates signed for agents",
+            intermediates.clone(),
+        );
+        let admissions = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "webhook_admissions",
+            "Pods seen by the CA trust webhook, by result (mutated, unchanged, error)",
+            admissions.clone(),
+        );
+        let ca_rotations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "ca_rotations",
+            "Root CA rotations written by this replica, by reason (requested, expiring)",
+            ca_rotations.clone(),
+        );
+        let bundle_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "bundle_writes",
+            "Writes of trust bundles (the connectors-ca-bundle ConfigMaps and the webhook's caBundle), by result (created, updated, error)",
+            bundle_writes.clone(),
+        );
         Self {
+            agent_requests,
+            credential_decisions,
+            token_reviews,
+            access_reviews,
+            intermediates,
+            admissions,
+            ca_rotations,
+            bundle_writes,
             registry,
             reconciles,
             reconcile_seconds,
@@ -153,6 +234,57 @@ impl Metrics {
 
     pub fn set_tracked(&self, n: usize) {
         self.tracked.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn agent_request(&self, endpoint: &str, code: u16) {
+        self.agent_requests
+            .get_or_create(&AgentRequestLabels {
+                endpoint: endpoint.to_owned(),
+                code,
+            })
+            .inc();
+    }
+
+    /// `rule`: what decided (`access` when allowed).
+    pub fn credential_decision(&self, allowed: bool, rule: &str) {
+        self.credential_decisions
+            .get_or_create(&DecisionLabels {
+                result: if allowed { "allowed" } else { "denied" }.to_owned(),
+                rule: rule.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn token_review(&self, result: &str) {
+        Self::count(&self.token_reviews, result);
+    }
+
+    pub fn access_review(&self, result: &str) {
+        Self::count(&self.access_reviews, result);
+    }
+
+    pub fn intermediate_issued(&self) {
+        self.intermediates.inc();
+    }
+
+    pub fn admission(&self, result: &str) {
+        Self::count(&self.admissions, result);
+    }
+
+    pub fn ca_rotated(&self, reason: &str) {
+        Self::count(&self.ca_rotations, reason);
+    }
+
+    pub fn bundle_write(&self, result: &str) {
+        Self::count(&self.bundle_writes, result);
+    }
+
+    fn count(family: &Family<ResultLabels, Counter>, result: &str) {
+        family
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text.

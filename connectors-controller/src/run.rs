@@ -1,7 +1,14 @@
-//! Startup, leader election, the two controllers (Connector and ConnectorClass), and shutdown.
+//! Startup, the servers every replica runs, leader election, what only the leader runs, and
+//! shutdown.
+//!
+//! Every replica: the health and metrics servers, the HTTPS server (agent API, pod webhook,
+//! the unified REST API) with its certificate, the CA Secret (created when absent, then followed), and the caches the
+//! agent API reads. The leader, while it holds the Lease: the Connector and ConnectorClass
+//! controllers, the built-in classes, CA rotation, and the trust bundles of every namespace.
 
 use std::future::ready;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +25,12 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use crate::agent_api::AgentApi;
+use crate::authorize::AccessChecker;
+use crate::bundle::{self, Bundles};
+use crate::ca::rotation::{self, Policy};
+use crate::ca::store::CaStore;
+use crate::caches::WorkloadCaches;
 use crate::config::Args;
 use crate::context::{Context, Settings};
 use crate::events::Events;
@@ -25,8 +38,11 @@ use crate::health::{self, Health};
 use crate::leader::{LeaderElector, LeaderError};
 use crate::metrics::Metrics;
 use crate::prober::Prober;
+use crate::serving_cert::{self, CertSlot};
+use crate::tokens::AgentAuthenticator;
 use crate::tracked::Tracked;
-use crate::{class, connector};
+use crate::webhook::Webhook;
+use crate::{api, builtin_classes, class, connector, https, server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -39,8 +55,25 @@ pub enum RunError {
     },
     #[error("cannot watch for signals: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("cannot read the system roots {} (--system-roots): {source}", .path.display())]
+    SystemRoots {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
     #[error(transparent)]
     Leadership(#[from] LeaderError),
+}
+
+/// What the leader runs beside the controllers.
+struct LeaderJobs {
+    client: Client,
+    ca: Arc<CaStore>,
+    bundles: Arc<Bundles>,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    install_classes: bool,
 }
 
 /// Runs until SIGTERM or SIGINT (Ok), or until leadership is lost (Err: the process should exit
@@ -49,6 +82,11 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let system_roots =
+        std::fs::read_to_string(&args.system_roots).map_err(|source| RunError::SystemRoots {
+            path: args.system_roots.clone(),
+            source,
+        })?;
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -57,19 +95,118 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     };
     let health_listener = bind(args.health_listen).await?;
     let metrics_listener = bind(args.metrics_listen).await?;
+    let https_listener = bind(args.https_listen).await?;
     let servers_stop = CancellationToken::new();
-    let servers = tokio::spawn(futures_util::future::join(
-        health::serve(
-            health::health_router(health.clone()),
-            health_listener,
-            servers_stop.clone(),
-        ),
-        health::serve(
-            health::metrics_router(metrics.clone()),
-            metrics_listener,
-            servers_stop.clone(),
-        ),
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(health::serve(
+        health::health_router(health.clone()),
+        health_listener,
+        servers_stop.clone(),
     ));
+    servers.spawn(health::serve(
+        health::metrics_router(metrics.clone()),
+        metrics_listener,
+        servers_stop.clone(),
+    ));
+
+    // The cluster CA, the HTTPS certificate and the agent API's caches: every replica.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = Arc::new(CaStore::new(
+        client.clone(),
+        args.namespace(),
+        &args.ca_secret,
+        args.ca_validity,
+    ));
+    {
+        let ca = ca.clone();
+        let stop = servers_stop.clone();
+        servers.spawn(async move { ca.follow(stop).await });
+    }
+    let slot = Arc::new(CertSlot::default());
+    servers.spawn(serving_cert::maintain(
+        slot.clone(),
+        ca.subscribe(),
+        serving_cert::names(
+            &args.service_name,
+            args.namespace(),
+            &args.cluster_domain,
+            &args.tls_san,
+        ),
+        args.serving_cert_validity,
+        provider.clone(),
+        servers_stop.clone(),
+    ));
+    let (caches, fill_caches) = WorkloadCaches::start(client.clone(), servers_stop.clone());
+    servers.spawn(fill_caches);
+    let bundles = Arc::new(Bundles::new(
+        client.clone(),
+        system_roots,
+        ca.subscribe(),
+        metrics.clone(),
+    ));
+    let agent_api = Arc::new(AgentApi {
+        client: client.clone(),
+        ca: ca.subscribe(),
+        caches: caches.clone(),
+        tokens: AgentAuthenticator::new(
+            client.clone(),
+            &args.agent_audience,
+            args.agent_service_account.clone(),
+            metrics.clone(),
+        ),
+        access: AccessChecker::new(client.clone(), metrics.clone()),
+        metrics: metrics.clone(),
+        intermediate_validity: args.intermediate_validity,
+    });
+    let webhook = Arc::new(Webhook {
+        bundles: bundles.clone(),
+        metrics: metrics.clone(),
+    });
+    // The unified REST API: every replica, when `--api` is on.
+    let api_routes = if args.api {
+        let (routes, fill) = api::start(
+            &args,
+            client.clone(),
+            caches.clone(),
+            metrics.clone(),
+            provider.clone(),
+            servers_stop.clone(),
+        );
+        servers.spawn(fill);
+        Some(routes)
+    } else {
+        None
+    };
+    servers.spawn(https::serve(
+        https_listener,
+        https::tls_config(provider.clone(), slot.clone())?,
+        server::router(agent_api, webhook, api_routes),
+        servers_stop.clone(),
+    ));
+    {
+        let (health, slot, caches, ca_rx, stop) = (
+            health.clone(),
+            slot.clone(),
+            caches.clone(),
+            ca.subscribe(),
+            servers_stop.clone(),
+        );
+        servers.spawn(async move {
+            let mut logged = false;
+            loop {
+                let serving = slot.is_loaded() && caches.synced() && ca_rx.borrow().is_some();
+                Health::set(&health.serving, serving);
+                if serving && !logged {
+                    tracing::info!("HTTPS server ready (cluster CA loaded, caches synced)");
+                    logged = true;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        });
+    }
 
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
@@ -84,7 +221,6 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     });
 
     let identity = args.identity();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let ctx = Arc::new(Context {
         client: client.clone(),
         prober: Prober::new(provider, args.probe_timeout),
@@ -96,9 +232,23 @@ pub async fn run(args: Args) -> Result<(), RunError> {
             retry: args.retry_interval,
             error_retry: Duration::from_secs(5)
                 .min(args.retry_interval.max(Duration::from_millis(500))),
+            serve_api: args.api,
         },
     });
-    tracing::info!(%identity, leader_elect = args.leader_elect, "connectors-controller starting");
+    let jobs = LeaderJobs {
+        client: client.clone(),
+        ca,
+        bundles,
+        policy: Policy {
+            validity: args.ca_validity,
+            propagation_delay: args.ca_propagation_delay,
+            longest_issued: args.intermediate_validity,
+            retire_margin: args.ca_retire_margin,
+        },
+        metrics: metrics.clone(),
+        install_classes: args.install_classes,
+    };
+    tracing::info!(%identity, leader_elect = args.leader_elect, https = %args.https_listen, "connectors-controller starting");
 
     let result = if args.leader_elect {
         let mut elector = LeaderElector::new(
@@ -113,28 +263,29 @@ pub async fn run(args: Args) -> Result<(), RunError> {
             move || Health::set(&health.api_reachable, true)
         };
         if elector.acquire(&shutdown, reachable).await {
-            lead(&mut elector, &ctx, &health, &args, &shutdown).await
+            lead(&mut elector, &ctx, &jobs, &health, &args, &shutdown).await
         } else {
             Ok(())
         }
     } else {
         Health::set(&health.leading, true);
         metrics.set_leader(true);
-        controllers(ctx.clone(), health.clone(), &args, shutdown.clone()).await;
+        leading(ctx.clone(), &jobs, health.clone(), &args, shutdown.clone()).await;
         Ok(())
     };
 
     Health::set(&health.stopping, true);
     servers_stop.cancel();
-    let _ = servers.await;
+    while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     result.map_err(RunError::from)
 }
 
-/// Reconciles while holding the Lease; releases it at shutdown.
+/// Leads while holding the Lease; releases it at shutdown.
 async fn lead(
     elector: &mut LeaderElector,
     ctx: &Arc<Context>,
+    jobs: &LeaderJobs,
     health: &Arc<Health>,
     args: &Args,
     shutdown: &CancellationToken,
@@ -143,7 +294,7 @@ async fn lead(
     ctx.metrics.set_leader(true);
     tracing::info!(identity = %elector.identity(), "leading: reconciling");
     let stop = CancellationToken::new();
-    let running = controllers(ctx.clone(), health.clone(), args, stop.clone());
+    let running = leading(ctx.clone(), jobs, health.clone(), args, stop.clone());
     tokio::pin!(running);
     let held = tokio::select! {
         held = elector.hold(shutdown) => held,
@@ -158,6 +309,36 @@ async fn lead(
     }
     Health::set(&health.leading, false);
     held
+}
+
+/// What the leader runs, until `stop`: the controllers, and the jobs (built-in classes, CA
+/// rotation, trust bundles).
+async fn leading(
+    ctx: Arc<Context>,
+    jobs: &LeaderJobs,
+    health: Arc<Health>,
+    args: &Args,
+    stop: CancellationToken,
+) {
+    let classes = async {
+        if jobs.install_classes {
+            builtin_classes::install(jobs.client.clone(), stop.clone()).await;
+        }
+    };
+    let rotation = rotation::lead(
+        jobs.ca.clone(),
+        jobs.policy.clone(),
+        jobs.metrics.clone(),
+        stop.clone(),
+    );
+    let bundles = bundle::lead(jobs.bundles.clone(), stop.clone());
+    futures_util::future::join4(
+        controllers(ctx, health, args, stop.clone()),
+        classes,
+        rotation,
+        bundles,
+    )
+    .await;
 }
 
 /// The Connector and ConnectorClass controllers, until `stop` (then running checks get

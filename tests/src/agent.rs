@@ -108,6 +108,31 @@ impl AgentProcess {
         serde_json::from_str(&body).expect("JSON")
     }
 
+    /// Fails the test if any of `needles` (credentials, key material, file content) appears in
+    /// what the agent shows: `/connectors`, `/problems`, `/config`, `/metrics`, its log.
+    pub fn assert_never_shows(&self, needles: &[&str]) {
+        let mut shown = vec![("log".to_owned(), self.log())];
+        for path in ["/connectors", "/problems", "/config"] {
+            let (_, body) = http_get(self.admin, path).unwrap_or_default();
+            shown.push((path.to_owned(), body));
+        }
+        let (_, body) = http_get(self.metrics, "/metrics").unwrap_or_default();
+        shown.push(("/metrics".to_owned(), body));
+        for (what, text) in &shown {
+            assert!(!text.is_empty() || what == "log", "{what} answered nothing");
+            for n in needles {
+                assert!(!text.contains(n), "{what} shows {n:?}:\n{text}");
+            }
+        }
+    }
+
+    /// `/metrics`, as text.
+    pub fn metrics_text(&self) -> String {
+        let (code, body) = http_get(self.metrics, "/metrics").expect("metrics endpoint answers");
+        assert_eq!(code, 200, "/metrics: {body}");
+        body
+    }
+
     /// The configuration generation in use.
     pub fn generation(&self) -> u64 {
         self.admin_json("/config")["generation"]

@@ -13,8 +13,9 @@ pub struct ConfigDir {
 pub struct GitConnector<'a> {
     pub name: &'a str,
     pub address: String,
-    /// A repository path the auth probe may read.
-    pub repository: &'a str,
+    /// A repository path for the class's probes (`spec.auth.params`); users usually leave it
+    /// out, and the tests do too unless a probe is the point.
+    pub repository: Option<&'a str>,
     /// Name of the basic-auth Secret (`None`: anonymous).
     pub secret: Option<&'a str>,
     /// PEM of the CA that signed the tool's certificate (written as a Secret `<name>-ca`).
@@ -62,11 +63,15 @@ impl ConfigDir {
     /// Writes `<name>.yaml` with the Connector (namespace `default`) and its CA Secret.
     pub fn git_connector(&self, c: &GitConnector<'_>) {
         let mut yaml = format!(
-            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  connectorClassName: git\n  address: {address}\n  auth:\n    params: [{{name: repository, value: {repo}}}]\n",
+            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  connectorClassName: git\n  address: {address}\n  auth:\n",
             name = c.name,
             address = c.address,
-            repo = c.repository
         );
+        if let Some(repo) = c.repository {
+            yaml.push_str(&format!(
+                "    params: [{{name: repository, value: {repo}}}]\n"
+            ));
+        }
         if let Some(s) = c.secret {
             yaml.push_str(&format!("    secretRef: {{name: {s}}}\n"));
         }

@@ -34,14 +34,31 @@ pub fn install(kube: &KubeApiServer) -> PathBuf {
             .arg("-f")
             .arg(deploy.join("crds")),
     );
-    run_ok(kube.kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "crd/connectors.connectors.io",
-        "crd/connectorclasses.connectors.io",
-        "--timeout=60s",
-    ]));
+    // Polled, not `kubectl wait`: kubectl 1.20 fails outright ("status.conditions accessor
+    // error") when it reads a CRD before the API server has written any condition.
+    for crd in ["connectors.connectors.io", "connectorclasses.connectors.io"] {
+        let established = wait_until(Duration::from_secs(60), || {
+            let out = crate::process::run(kube.kubectl().args([
+                "get",
+                "crd",
+                crd,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]));
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True"
+        });
+        assert!(established, "CRD {crd} was not Established within 60 s");
+    }
     run_ok(kube.kubectl().arg("apply").arg("-k").arg(&deploy));
+    // The bare API server has no Service routing: a webhook reached through the controller's
+    // Service would dial a ClusterIP that goes nowhere on this machine. It is removed here;
+    // a test that needs it registers it on loopback (`controller_https::route_webhook_to`).
+    run_ok(kube.kubectl().args([
+        "delete",
+        "mutatingwebhookconfiguration",
+        "connectors-ca-trust",
+        "--ignore-not-found",
+    ]));
     let token = service_account_token(kube, NAMESPACE, SERVICE_ACCOUNT);
     let path = kube.dir.join("controller.kubeconfig");
     kube.write_kubeconfig("connectors-controller", &token, &path)
@@ -78,6 +95,8 @@ pub fn service_account_token(kube: &KubeApiServer, namespace: &str, name: &str) 
 pub struct ControllerProcess {
     pub health: SocketAddr,
     pub metrics: SocketAddr,
+    /// The HTTPS server (agent API, pod webhook).
+    pub https: SocketAddr,
     log: PathBuf,
     child: Child,
     _log_dir: tempfile::TempDir,
@@ -98,6 +117,7 @@ impl ControllerProcess {
         let log = log_dir.path().join("controller.log");
         let health = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(target_bin("connectors-controller"));
@@ -105,6 +125,8 @@ impl ControllerProcess {
             .arg(health.to_string())
             .arg("--metrics-listen")
             .arg(metrics.to_string())
+            .arg("--https-listen")
+            .arg(https.to_string())
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", log_level)
@@ -116,6 +138,7 @@ impl ControllerProcess {
         Self {
             health,
             metrics,
+            https,
             log,
             child,
             _log_dir: log_dir,

@@ -19,6 +19,8 @@ pub struct GitServerOptions<'a> {
     pub tls: Option<(&'a TestCa, Vec<&'a str>)>,
     /// Basic-auth users; none means anonymous access.
     pub users: Vec<(&'a str, &'a str)>,
+    /// nginx directives added to the server block, before its locations.
+    pub extra: String,
 }
 
 impl Default for GitServerOptions<'_> {
@@ -27,6 +29,7 @@ impl Default for GitServerOptions<'_> {
             listen: None,
             tls: None,
             users: vec![("alice", "correct-horse")],
+            extra: String::new(),
         }
     }
 }
@@ -58,6 +61,14 @@ impl GitServer {
         for sub in ["put", "put-tmp"] {
             std::fs::set_permissions(d.join(sub), std::fs::Permissions::from_mode(0o777))
                 .expect("chmod");
+        }
+        if let Some(addr) = opts.listen {
+            // A server left from an earlier run would answer in this one's place.
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                panic!(
+                    "{addr} is taken ({e}): a git server of an earlier run (nginx with a git-server* prefix) still holds it"
+                );
+            }
         }
         let addr = opts
             .listen
@@ -106,7 +117,7 @@ error_log {d}/error.log info;
 pid {d}/nginx.pid;
 events {{ worker_connections 1024; }}
 http {{
-  log_format git '$remote_user "$request" $status $body_bytes_sent $request_length';
+  log_format git '$remote_user "$request" $status $body_bytes_sent $request_length "$uri"';
   access_log {d}/access.log git;
   client_body_temp_path {d}/tmp/body;
   proxy_temp_path {d}/tmp/proxy;
@@ -118,6 +129,7 @@ http {{
     {tls_conf}
     {auth}
     client_max_body_size 0;
+    {extra}
     location /files/ {{ root {d}; }}
     location /put/ {{ root {d}; dav_methods PUT; client_body_temp_path {d}/put-tmp; }}
     location / {{
@@ -134,7 +146,8 @@ http {{
   }}
 }}
 "#,
-            d = d.display()
+            d = d.display(),
+            extra = opts.extra,
         );
         std::fs::write(d.join("nginx.conf"), conf).expect("nginx.conf");
 
@@ -217,6 +230,57 @@ http {{
         bare
     }
 
+    /// Adds `branches` branches and `tags` tags to the bare repository `bare` in one
+    /// `git fast-import`, each branch on a commit of its own: `main` and `feature-NNN` /
+    /// `release/NNN` (from 1), annotated tags `v1.NNN` and lightweight tags `build-NNN`
+    /// (alternating). Returns nothing; `git ls-remote` is the reference for what is there.
+    pub fn add_refs(&self, bare: &Path, branches: usize, tags: usize) {
+        use std::io::Write as _;
+        let main = run_ok(git_in(bare).args(["rev-parse", "refs/heads/main"]))
+            .trim()
+            .to_owned();
+        let mut stream = String::new();
+        for i in 1..branches {
+            let name = if i % 2 == 1 {
+                format!("feature-{i:03}")
+            } else {
+                format!("release/{i:03}")
+            };
+            stream.push_str(&format!(
+                "commit refs/heads/{name}\nmark :{i}\ncommitter Test <test@example.invalid> 1700000000 +0000\ndata 10\nbranch {i:03}\nfrom {main}\n\n"
+            ));
+        }
+        for i in 1..=tags {
+            let from = if branches > 1 {
+                format!(":{}", 1 + (i - 1) % (branches - 1))
+            } else {
+                main.clone()
+            };
+            if i % 2 == 1 {
+                stream.push_str(&format!(
+                    "tag v1.{i:03}\nfrom {from}\ntagger Test <test@example.invalid> 1700000000 +0000\ndata 7\nrelease\n"
+                ));
+            } else {
+                stream.push_str(&format!("reset refs/tags/build-{i:03}\nfrom {from}\n\n"));
+            }
+        }
+        let mut child = git_in(bare)
+            .args(["fast-import", "--quiet"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("git fast-import");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stream.as_bytes())
+            .expect("fast-import stream");
+        assert!(
+            child.wait().expect("fast-import").success(),
+            "git fast-import failed"
+        );
+    }
+
     /// A sparse file of `bytes` served at `/files/<name>`.
     pub fn create_file(&self, name: &str, bytes: u64) {
         let p = self.dir().join("files").join(name);
@@ -230,6 +294,19 @@ http {{
         std::fs::metadata(self.dir().join("put").join(name))
             .ok()
             .map(|m| m.len())
+    }
+
+    /// Stops the server now, workers included (for a server kept in a `static`, whose `Drop`
+    /// never runs: call it from an exit hook).
+    pub fn stop_now(&self) {
+        for pid in [self.nginx.id(), self.fcgiwrap.id()] {
+            if let Ok(pgid) = i32::try_from(pid) {
+                // SAFETY: signals to a process group this harness created.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+        }
     }
 
     /// `scheme://host:port` for a host name that resolves (for the client) to this server.
@@ -246,8 +323,43 @@ http {{
         std::fs::read_to_string(self.dir().join("access.log")).unwrap_or_default()
     }
 
+    /// The access log, parsed.
+    pub fn requests(&self) -> Vec<Logged> {
+        self.access_log()
+            .lines()
+            .filter_map(Logged::parse)
+            .collect()
+    }
+
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir().join("error.log")).unwrap_or_default()
+    }
+}
+
+/// One line of the access log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    /// The Basic-auth user the request carried (`None` for `-`).
+    pub user: Option<String>,
+    /// The request line as sent.
+    pub request: String,
+    pub status: u16,
+    /// The path as nginx resolved it (decoded, dot segments removed, slashes merged).
+    pub uri: String,
+}
+
+impl Logged {
+    fn parse(line: &str) -> Option<Self> {
+        let (user, rest) = line.split_once(" \"")?;
+        let (request, rest) = rest.split_once("\" ")?;
+        let status = rest.split_whitespace().next()?.parse().ok()?;
+        let uri = rest.rsplit_once(" \"")?.1.strip_suffix('"')?.to_owned();
+        Some(Self {
+            user: (user != "-").then(|| user.to_owned()),
+            request: request.to_owned(),
+            status,
+            uri,
+        })
     }
 }
 

@@ -60,6 +60,9 @@ pub struct KubeApiServer {
     pub ca_cert: PathBuf,
     /// A kubeconfig with the admin token (`system:masters`).
     pub admin_kubeconfig: PathBuf,
+    /// The CA that signed the server's certificate, which it also trusts for client
+    /// certificates.
+    ca: TestCa,
     lifetime: Lifetime,
     etcd: Option<Child>,
     apiserver: Option<Child>,
@@ -165,6 +168,7 @@ impl KubeApiServer {
             admin_token,
             ca_cert,
             admin_kubeconfig: dir.join("admin.kubeconfig"),
+            ca,
             lifetime,
             etcd: Some(etcd),
             apiserver: None,
@@ -268,6 +272,11 @@ current-context: {user}
             ca = self.ca_cert.display(),
         );
         std::fs::write(path, config).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// A client certificate the server accepts, for `user` in `groups`: (cert PEM, key PEM).
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> (String, String) {
+        self.ca.client_cert(user, groups)
     }
 
     /// `kubectl` as the admin, with a discovery cache inside the server's folder.

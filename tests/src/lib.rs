@@ -5,14 +5,23 @@
 //! A missing tool makes a test fail with the command that installs it; it never skips.
 
 pub mod agent;
+pub mod api_caller;
+pub mod browser;
+pub mod cluster;
 pub mod config_dir;
 pub mod controller;
+pub mod controller_https;
 pub mod git_server;
+pub mod json_tool;
 pub mod kube;
 pub mod netns;
+pub mod node;
+pub mod oci_image;
 pub mod pki;
 pub mod process;
 pub mod recorder;
+pub mod registry;
+pub mod token_issuer;
 
 pub use agent::AgentProcess;
 pub use config_dir::{ConfigDir, GitConnector};

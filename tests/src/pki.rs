@@ -48,4 +48,18 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         (cert.pem(), key.serialize_pem())
     }
+
+    /// A client certificate for `user` in `groups` (CN and O, as Kubernetes reads them):
+    /// (cert PEM, key PEM).
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *g);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
 }

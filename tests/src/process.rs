@@ -1,14 +1,43 @@
 //! Processes, ports and waiting.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
+use std::sync::Mutex;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// A TCP port free on 127.0.0.1 right now.
+/// A TCP port free on 127.0.0.1 right now, for a server a test starts.
+///
+/// It is taken below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default), so the source port of an outgoing connection (a clone, a thousand idle sockets)
+/// can never take it between this call and the server's `bind`; and it is never handed out
+/// twice by one test process.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local address").port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    const RANGE: std::ops::Range<u16> = 20000..32000;
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    // A different start per process, so test binaries running side by side rarely probe
+    // the same ports.
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let seed = u64::from(std::process::id()) ^ u64::from(clock);
+    let span = u64::from(RANGE.end - RANGE.start);
+    let mut next = seed.wrapping_mul(2654435761) % span;
+    for _ in 0..span {
+        let port = RANGE.start + next as u16;
+        next = (next + 7919) % span;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {RANGE:?} on 127.0.0.1")
 }
 
 /// Fails the test, naming how to install it, when `tool` is not on PATH.

@@ -417,6 +417,50 @@ async fn good_credentials_turn_ready_and_kubectl_shows_it() {
 }
 
 #[tokio::test]
+async fn a_git_connector_written_as_a_user_writes_it_is_ready_and_says_what_is_not_probed() {
+    env();
+    let client = admin().await;
+    let ns = "plain";
+    namespace(&client, ns).await;
+    let server = git_server();
+    basic_secret(&client, ns, "git-creds", PASSWORD).await;
+    // Address and Secret only: no `repository` parameter, which only the auth probe needs.
+    create_connector(
+        &client,
+        ns,
+        "git",
+        json!({
+            "connectorClassName": "git",
+            "address": format!("http://127.0.0.1:{}", server.addr.port()),
+            "auth": {"secretRef": {"name": "git-creds"}},
+        }),
+    )
+    .await;
+    let (c, _) = wait_ready(&client, ns, "git").await;
+    let auth = condition(&c, types::AUTH_READY).expect("AuthReady");
+    assert_eq!(
+        (auth.status.as_str(), auth.reason.as_str()),
+        ("True", "NotProbed"),
+        "{}",
+        show(&c)
+    );
+    assert!(
+        auth.message.contains("parameter 'repository'"),
+        "{}",
+        auth.message
+    );
+    let live = condition(&c, types::LIVENESS_READY).expect("LivenessReady");
+    assert_eq!(live.reason, "Reachable", "{}", show(&c));
+    assert!(
+        live.message.contains("only reachability was checked"),
+        "{}",
+        live.message
+    );
+    let spec = condition(&c, types::CONNECTOR_CLASS_READY).expect("ConnectorClassReady");
+    assert!(spec.is_true(), "{}", show(&c));
+}
+
+#[tokio::test]
 async fn wrong_password_quotes_the_tool_and_a_fixed_secret_is_picked_up() {
     let e = env();
     let client = admin().await;
@@ -771,6 +815,15 @@ async fn the_controller_runs_under_its_own_least_privilege_service_account() {
             "-n",
             "connectors-system",
         ],
+        // The agents' API (which pods run where, who may use what), the webhook's CA bundle,
+        // the cluster CA.
+        &["list", "pods", "--all-namespaces"],
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
+        &["list", "namespaces"],
+        &["update", "configmaps/connectors-ca-bundle", "-n", "good"],
+        &["update", "secrets/connectors-ca", "-n", "connectors-system"],
+        &["create", "connectorclasses.connectors.io"],
     ] {
         assert!(
             can_i(args),
@@ -786,8 +839,13 @@ async fn the_controller_runs_under_its_own_least_privilege_service_account() {
         &["create", "secrets", "--all-namespaces"],
         &["update", "secrets", "--all-namespaces"],
         &["delete", "secrets", "--all-namespaces"],
-        &["list", "pods", "--all-namespaces"],
+        &["create", "pods", "--all-namespaces"],
+        &["delete", "pods", "--all-namespaces"],
         &["list", "configmaps", "--all-namespaces"],
+        &["update", "configmaps/someone-elses", "-n", "good"],
+        &["delete", "configmaps", "--all-namespaces"],
+        &["update", "secrets/someone-elses", "-n", "connectors-system"],
+        &["patch", "mutatingwebhookconfigurations/someone-elses"],
         &["create", "clusterrolebindings"],
         &[
             "update",
@@ -1104,17 +1162,6 @@ async fn fifty_malformed_objects_are_refused_or_named_and_the_controller_keeps_u
         ),
     );
     connector(
-        "missing-repository",
-        json!({"connectorClassName": "git", "address": addr, "auth": {"secretRef": {"name": "good"}}}),
-        vec![],
-        Cond(
-            "ConnectorClassReady",
-            "False",
-            "InvalidSpec",
-            "spec.auth.params: the class's auth probe needs a parameter named 'repository'",
-        ),
-    );
-    connector(
         "unknown-param",
         git(json!({"params": [{"name": "colour", "value": "red"}]})),
         vec![],
@@ -1361,7 +1408,7 @@ async fn fifty_malformed_objects_are_refused_or_named_and_the_controller_keeps_u
             "LivenessReady",
             "False",
             "ProbeInvalid",
-            "'${params.undeclared}' has no value",
+            "uses parameter 'undeclared', which the class declares nowhere",
         ),
     );
     connector(
@@ -1458,7 +1505,7 @@ async fn fifty_malformed_objects_are_refused_or_named_and_the_controller_keeps_u
         "m-two-injections",
         json!({"auth": {"types": [{"name": "t", "secretType": "Opaque", "injection": {"basic": {}, "bearer": {}}}]}}),
         ClassInvalid(
-            "spec.auth.types[0].injection: injection rule must set exactly one of basic, bearer, header, query (it sets 2)",
+            "spec.auth.types[0].injection: injection rule must set exactly one of basic, bearer, header, query, registryToken, clientCertificate (it sets 2)",
         ),
     );
     class(
@@ -1829,4 +1876,79 @@ async fn wait_on(
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+#[tokio::test]
+async fn oci_token_registry_auth_probe_does_the_token_exchange() {
+    use connectors_tests::registry::{Registry, RegistryAuth, RegistryOptions};
+    use connectors_tests::token_issuer::{Grant, IssuerOptions, TokenIssuer};
+    env();
+    let client = admin().await;
+    let ns = "oci-token";
+    namespace(&client, ns).await;
+    let ca = TestCa::new("registry CA");
+    let issuer = TokenIssuer::start(IssuerOptions {
+        listen: None,
+        tls: (&ca, vec!["127.0.0.1"]),
+        service: "registry.test",
+        users: vec![(USER, PASSWORD, Grant::All)],
+        anonymous: None,
+        expires_in: 300,
+    });
+    let realm = format!("https://127.0.0.1:{}", issuer.addr.port());
+    let root_cert = issuer.root_cert();
+    let registry = Registry::start(RegistryOptions {
+        listen: None,
+        tls: (&ca, vec!["127.0.0.1"]),
+        auth: RegistryAuth::Token {
+            realm: format!("{realm}/token"),
+            service: "registry.test",
+            root_cert: &root_cert,
+        },
+    });
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for s in [
+        json!({"metadata": {"name": "login"}, "type": "cpaas.io/distribution-registry-token",
+               "stringData": {"username": USER, "password": PASSWORD}}),
+        json!({"metadata": {"name": "bad-login"}, "type": "connectors.io/registry-token",
+               "stringData": {"username": USER, "password": WRONG}}),
+        json!({"metadata": {"name": "registry-ca"}, "stringData": {"ca.crt": ca.cert_pem}}),
+    ] {
+        let s: Secret = serde_json::from_value(s).expect("secret");
+        secrets
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("create Secret");
+    }
+    let spec = |secret: &str| {
+        json!({"connectorClassName": "oci", "address": registry.url("127.0.0.1"),
+               "addressExtensions": [{"name": "tokenRealm", "value": realm}],
+               "auth": {"name": "tokenAuth", "secretRef": {"name": secret}},
+               "caCertSecretRef": {"name": "registry-ca"}})
+    };
+    create_connector(&client, ns, "registry", spec("login")).await;
+    create_connector(&client, ns, "bad", spec("bad-login")).await;
+    wait_ready(&client, ns, "registry").await;
+    assert!(
+        issuer
+            .issued()
+            .iter()
+            .any(|i| i.user.as_deref() == Some(USER) && i.status == 200),
+        "the probe got no token: {:?}",
+        issuer.issued()
+    );
+    let (c, _) = wait_connector(&client, ns, "bad", READY_WITHIN, "AuthReady=False", |c| {
+        condition(c, types::AUTH_READY).is_some_and(|a| a.status == "False")
+    })
+    .await;
+    let auth = condition(&c, types::AUTH_READY).expect("AuthReady");
+    assert!(
+        auth.message.contains("refused the credentials") && !auth.reason.is_empty(),
+        "{}",
+        show(&c)
+    );
+    assert!(
+        !controller_log().contains(WRONG),
+        "a password reached the log"
+    );
 }

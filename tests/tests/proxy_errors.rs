@@ -41,7 +41,7 @@ fn an_untrusted_tool_certificate_is_a_502_naming_the_cause() {
     config.git_connector(&GitConnector {
         name: "git",
         address: server.url("git.test"),
-        repository: "repo.git",
+        repository: None,
         secret: Some("creds"),
         ca_pem: None,
     });
@@ -81,7 +81,7 @@ fn an_unreachable_tool_is_a_502_and_a_silent_one_a_504() {
         config.git_connector(&GitConnector {
             name,
             address: format!("http://{name}.test:{port}"),
-            repository: "repo.git",
+            repository: None,
             secret: Some("creds"),
             ca_pem: None,
         });
@@ -114,7 +114,7 @@ fn a_connector_whose_secret_is_missing_is_a_503_saying_so() {
     config.git_connector(&GitConnector {
         name: "git",
         address: format!("http://git.test:{port}"),
-        repository: "repo.git",
+        repository: None,
         secret: Some("not-there"),
         ca_pem: None,
     });

@@ -42,7 +42,7 @@ impl Fixture {
         config.git_connector(&GitConnector {
             name: "git",
             address: server.url("git.test"),
-            repository: "repo.git",
+            repository: None,
             secret: Some("git-creds"),
             ca_pem: Some(&ca.cert_pem),
         });

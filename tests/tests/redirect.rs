@@ -76,21 +76,21 @@ impl Fixture {
         config.git_connector(&GitConnector {
             name: "git",
             address: "https://git.test".into(),
-            repository: "repo.git",
+            repository: None,
             secret: Some("git-creds"),
             ca_pem: Some(&tool_ca.cert_pem),
         });
         config.git_connector(&GitConnector {
             name: "plain",
             address: "http://plain.test".into(),
-            repository: "repo.git",
+            repository: None,
             secret: Some("git-creds"),
             ca_pem: None,
         });
         config.git_connector(&GitConnector {
             name: "other",
             address: "http://other.test".into(),
-            repository: "repo.git",
+            repository: None,
             secret: Some("git-creds"),
             ca_pem: None,
         });
@@ -406,7 +406,7 @@ fn a_pod_clones_over_ipv6_through_connect6() {
     config.git_connector(&GitConnector {
         name: "git6",
         address: "https://git6.test".into(),
-        repository: "repo.git",
+        repository: None,
         secret: Some("git-creds"),
         ca_pem: Some(&ca.cert_pem),
     });
@@ -715,4 +715,48 @@ fn without_bpf_privileges_the_agent_exits_saying_what_is_missing() {
         "the error does not name CAP_BPF:\n{text}"
     );
     assert!(text.contains("was refused"), "{text}");
+}
+
+#[test]
+fn the_redirect_coexists_with_other_programs_on_the_same_cgroup() {
+    // Another owner of cgroup programs on the node (a CNI, a mesh, a second agent) attaches to
+    // the same cgroup: neither attachment is exclusive, both stay, and workloads keep working.
+    connectors_tests::require_tool("bpftool");
+    let f = Fixture::new(1);
+    let pod = &f.pods[0];
+    let id = inode(&pod.cgroup);
+    let before = cgroup_links(id);
+    assert_eq!(before, 3, "connect4, connect6, sockops of the first agent");
+    let other_proxy = SocketAddr::new(IpAddr::V4(f.lab.node_ip4(PROXY)), free_port());
+    let other_config = ConfigDir::new();
+    let other = AgentProcess::start(
+        other_config.path(),
+        "info",
+        &[
+            "--transparent-listen",
+            &other_proxy.to_string(),
+            "--redirect-cgroup",
+            pod.cgroup.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(
+        cgroup_links(id),
+        6,
+        "the second set of programs was not attached beside the first:\n{}",
+        other.log()
+    );
+    // The first agent's redirect still serves the pod.
+    let out = f.clone_in(pod, "https://git.test/repo.git", "coexist");
+    assert!(
+        out.status.success(),
+        "clone failed with two attachments: {}\n{}",
+        stderr(&out),
+        f.context()
+    );
+    assert_eq!(f.readme("coexist"), "hello over TLS\n");
+    drop(other);
+    assert!(
+        wait_until(Duration::from_secs(2), || cgroup_links(id) == 3),
+        "the second agent's links did not go with it"
+    );
 }

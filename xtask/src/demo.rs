@@ -38,7 +38,10 @@ fn show(cmd: &str, out: &Output) {
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    setup::run(&setup::SetupArgs::default())?;
+    setup::run(&setup::SetupArgs {
+        no_kube: true,
+        ..Default::default()
+    })?;
     exec(cargo().args(["build", "-p", "connectors-agent"]))?;
     let agent_bin = root().join("target/debug/connectors-agent");
 
@@ -83,7 +86,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     config.git_connector(&GitConnector {
         name: "demo-git",
         address: server.url("git.test"),
-        repository: "demo.git",
+        repository: None,
         secret: Some("demo-git-credentials"),
         ca_pem: Some(&ca.cert_pem),
     });

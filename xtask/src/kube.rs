@@ -13,6 +13,10 @@
 //!    resource with an empty string field (a condition's empty message) is refused with 422
 //!    `must be of type string: "null"`; one line is patched as upstream did for Kubernetes 1.21.
 //!
+//! The source preparation ([`prepare_source`]) and [`make`] are shared with `cargo xtask node
+//! build`, which makes this binary too (with kubelet, controller-manager and scheduler, in one
+//! `make`); each build reuses the other's kube-apiserver.
+//!
 //! `start` runs etcd and the server detached on free loopback ports (the same code the tests
 //! use) and prints the admin kubeconfig; `stop` stops them.
 
@@ -129,8 +133,9 @@ fn start(dir: &Path, install: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether `bin` is a working kube-apiserver of the expected version.
-fn works(bin: &Path) -> bool {
+/// Whether `bin` is a working Kubernetes binary of the expected version (the four server
+/// binaries all print `Kubernetes v1.20.2` for `--version`).
+pub fn works(bin: &Path) -> bool {
     bin.is_file()
         && cmd::output(Command::new(bin).arg("--version"))
             .is_ok_and(|v| v.contains(APISERVER_VERSION))
@@ -146,6 +151,21 @@ pub fn build(force: bool, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         );
         return Ok(bin);
     }
+    // `cargo xtask node build` makes the same binary from the same source: reuse it.
+    let node_bin = connectors_tests::node::bin_dir().join("kube-apiserver");
+    if !force && works(&node_bin) {
+        if let Some(dir) = bin.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(&node_bin, &bin)
+            .with_context(|| format!("copying {} to {}", node_bin.display(), bin.display()))?;
+        eprintln!(
+            "kube-apiserver {APISERVER_VERSION}: {} (from {})",
+            bin.display(),
+            node_bin.display()
+        );
+        return Ok(bin);
+    }
     if !cmd::is_root() {
         bail!(
             "kube-apiserver is not built yet ({}), and building it needs root (apt-get source and packages): run `sudo cargo xtask kube build`",
@@ -155,13 +175,6 @@ pub fn build(force: bool, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     eprintln!(
         "building kube-apiserver {APISERVER_VERSION} from Debian's source package (about 5 minutes, 2.5 GB of memory)"
     );
-    ensure_deb_src()?;
-    setup::apt(BUILD_PACKAGES)?;
-    if !Path::new(REFLECT2).join("go_above_118.go").is_file() {
-        bail!(
-            "{REFLECT2} lacks go_above_118.go: golang-github-modern-go-reflect2-dev 1.0.2 or newer is needed"
-        );
-    }
     let cache = bin
         .parent()
         .map(Path::to_owned)
@@ -171,34 +184,8 @@ pub fn build(force: bool, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         .prefix("kube-apiserver-build")
         .tempdir_in(&cache)
         .context("creating the build folder")?;
-    exec(
-        Command::new("apt-get")
-            .args(["source", "-qq", "kubernetes"])
-            .current_dir(work.path())
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    let src = std::fs::read_dir(work.path())?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.is_dir()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("kubernetes-1.20"))
-        })
-        .context("`apt-get source kubernetes` gave no kubernetes-1.20* folder (this needs Debian bookworm's sources)")?;
-
-    swap_reflect2(&src)?;
-    patch_openapi_validator(&src)?;
-    exec(
-        Command::new("make")
-            .args(["WHAT=cmd/kube-apiserver", "GOLDFLAGS=-s -w"])
-            .current_dir(&src)
-            .env("GO111MODULE", "off")
-            .env("GOPROXY", "off")
-            .env("GOFLAGS", "")
-            .env("CGO_ENABLED", "0"),
-    )?;
+    let src = prepare_source(work.path())?;
+    make(&src, &["cmd/kube-apiserver"])?;
 
     let built = src.join("_output/bin/kube-apiserver");
     let tmp = cache.join(".kube-apiserver.partial");
@@ -212,8 +199,83 @@ pub fn build(force: bool, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The unpacked, patched `kubernetes` source tree in `work`: `apt-get source` (with deb-src
+/// entries and the build packages added first) unless a tree prepared by an earlier, failed run
+/// is there already, then fixes 2 and 3. Needs root.
+pub fn prepare_source(work: &Path) -> anyhow::Result<PathBuf> {
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(work)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("kubernetes-1.20"))
+            })
+    };
+    // Written once `apt-get source` has finished: a tree without it may be half unpacked.
+    let marker = work.join(".source-complete");
+    let src = match find() {
+        Some(src) if marker.is_file() => {
+            eprintln!("reusing the source tree {}", src.display());
+            src
+        }
+        _ => {
+            setup::apt(BUILD_PACKAGES)?;
+            ensure_deb_src()?;
+            if let Ok(dir) = std::fs::read_dir(work) {
+                for e in dir.filter_map(Result::ok) {
+                    let p = e.path();
+                    if p.is_dir() {
+                        std::fs::remove_dir_all(&p)?;
+                    } else {
+                        std::fs::remove_file(&p)?;
+                    }
+                }
+            }
+            std::fs::create_dir_all(work)?;
+            exec(
+                Command::new("apt-get")
+                    .args(["source", "-qq", "kubernetes"])
+                    .current_dir(work)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            let src = find().context("`apt-get source kubernetes` gave no kubernetes-1.20* folder (this needs Debian bookworm's sources)")?;
+            std::fs::write(&marker, "")?;
+            src
+        }
+    };
+    if !Path::new(REFLECT2).join("go_above_118.go").is_file() {
+        bail!(
+            "{REFLECT2} lacks go_above_118.go: golang-github-modern-go-reflect2-dev 1.0.2 or newer is needed"
+        );
+    }
+    swap_reflect2(&src)?;
+    patch_openapi_validator(&src)?;
+    Ok(src)
+}
+
+/// Kubernetes' own `make WHAT="..."` in GOPATH mode (fix 1), offline, stripped, at the lowest
+/// CPU priority. One call runs the code generators once for all `targets`; Kubernetes' build
+/// scripts link the server binaries statically and the kubelet with cgo, as upstream does.
+pub fn make(src: &Path, targets: &[&str]) -> anyhow::Result<()> {
+    exec(
+        Command::new("nice")
+            .args(["-n", "19", "make"])
+            .arg(format!("WHAT={}", targets.join(" ")))
+            .arg("GOLDFLAGS=-s -w")
+            .current_dir(src)
+            .env("GO111MODULE", "off")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "")
+            .env_remove("CGO_ENABLED"),
+    )
+}
+
 /// `apt-get source` needs deb-src entries: adds them for the configured Debian mirror.
-fn ensure_deb_src() -> anyhow::Result<()> {
+pub fn ensure_deb_src() -> anyhow::Result<()> {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         files.extend(dir.filter_map(Result::ok).map(|e| e.path()));

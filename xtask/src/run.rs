@@ -18,7 +18,10 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    setup::run(&setup::SetupArgs { no_apt: true })?;
+    setup::run(&setup::SetupArgs {
+        no_apt: true,
+        no_kube: true,
+    })?;
     exec(cargo().args(["build", "--release", "-p", "connectors-agent"]))?;
     let state = root().join("target/standalone");
     std::fs::create_dir_all(&state)?;

@@ -14,6 +14,7 @@ const PACKAGES: &[&str] = &[
     "fcgiwrap",
     "git",
     "curl",
+    "ca-certificates",
     "openssl",
     "iproute2",
     "iptables",
@@ -24,6 +25,13 @@ const PACKAGES: &[&str] = &[
     "hyperfine",
     "wrk",
     "jq",
+    // tests/tests/api_page.rs: the UI developers' page in a real headless browser
+    "chromium",
+    // OCI registry tests and benchmarks: the distribution registry, its htpasswd, the clients.
+    "docker-registry",
+    "apache2-utils",
+    "skopeo",
+    "buildah",
 ];
 
 /// bpf-linker, built against the pinned toolchain's own LLVM.
@@ -35,12 +43,29 @@ pub struct SetupArgs {
     /// Skip Debian packages (for machines where they are installed by other means).
     #[arg(long)]
     pub no_apt: bool,
+    /// Skip building the Kubernetes node: binaries and images (the standalone agent does not
+    /// need them; the controller and Kubernetes-mode tests do).
+    #[arg(long)]
+    pub no_kube: bool,
 }
+
+/// Components the build needs. rust-toolchain.toml lists them too, but rustup does not add them
+/// when the pinned toolchain is a link to another one (as on a fresh machine of this kind), so
+/// they are added explicitly. rust-src: the eBPF programs build `core` from source.
+const COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
 
 pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
     if !args.no_apt {
-        apt(PACKAGES)?;
-        apt(crate::kube::RUN_PACKAGES)?;
+        // One list, so one `apt-get update` at most.
+        let mut packages: Vec<&str> = PACKAGES.to_vec();
+        packages.extend(crate::kube::RUN_PACKAGES);
+        packages.extend(crate::node::PACKAGES);
+        packages.extend(crate::image::PACKAGES);
+        if !args.no_kube {
+            packages.extend(crate::kube::BUILD_PACKAGES);
+            packages.extend(crate::node::build::PACKAGES);
+        }
+        apt(&packages)?;
         // kubectl: Debian's (v1.20, like the test API server) unless one is installed already.
         if Command::new("kubectl")
             .arg("version")
@@ -51,9 +76,15 @@ pub fn run(args: &SetupArgs) -> anyhow::Result<()> {
             apt(&["kubernetes-client"])?;
         }
     }
+    rust_components()?;
     bpf_linker()?;
-    // The controller's tests run against a real kube-apiserver, built once and cached.
-    crate::kube::build(false, None)?;
+    if !args.no_kube {
+        // The controller's tests run against a real kube-apiserver, the Kubernetes-mode tests
+        // against a real node: one build makes the apiserver for both, and the node's kubelet,
+        // controller-manager, scheduler and images, cached (`~/.cache/kube-node`,
+        // `~/.cache/kube-test`).
+        crate::node::build::build(false)?;
+    }
     eprintln!("setup complete");
     Ok(())
 }
@@ -83,6 +114,37 @@ pub fn apt(packages: &[&str]) -> anyhow::Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Adds the toolchain components that are missing.
+fn rust_components() -> anyhow::Result<()> {
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        TOOLCHAIN,
+    ]))
+    .with_context(|| {
+        format!("listing the components of toolchain {TOOLCHAIN}; is rustup installed?")
+    })?;
+    let missing: Vec<&str> = COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l.starts_with(&format!("{c}-")) || l == *c)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    exec(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", TOOLCHAIN])
+            .args(&missing),
     )
 }
 

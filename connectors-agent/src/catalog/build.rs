@@ -50,15 +50,46 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
                 }
                 Ok(all)
             });
-        let mut state = match (&a.credential, &roots) {
-            (Ok(c), Ok(_)) => RouteState::Ready(c.clone()),
-            (Err(e), _) | (_, Err(e)) => RouteState::NotReady(e.clone()),
+        let mut state = match (&a.injector, &roots, objects.withheld.get(id)) {
+            (_, _, Some(why)) => RouteState::Withheld(why.clone()),
+            (Ok(c), Ok(_), None) => RouteState::Ready(c.clone()),
+            (Err(e), _, None) | (_, Err(e), None) => RouteState::NotReady(e.clone()),
         };
-        let trust = match upstreams.trust(roots.as_deref().unwrap_or_default()) {
+        if let Some(why) = objects.withheld.get(id) {
+            // Its Secrets are not this agent's to read: say so rather than "not found".
+            for c in &mut a.conditions {
+                if c.type_ == connectors_crd::condition::types::SECRET_READY {
+                    *c = connectors_crd::condition::Condition::new(
+                        connectors_crd::condition::types::SECRET_READY,
+                        connectors_crd::condition::Status::Unknown,
+                        "CredentialsNotHeld",
+                        format!("this agent does not hold its credentials: {why}"),
+                    );
+                }
+            }
+        }
+        let identity = match &state {
+            RouteState::Ready(Some(i)) => i.client_identity().cloned(),
+            _ => None,
+        };
+        let extra = roots.as_deref().unwrap_or_default();
+        let trust = match upstreams.trust_for(extra, identity.as_ref()) {
             Ok(t) => t,
             Err(e) => {
-                state = RouteState::NotReady(format!("caCertSecretRef: {e}"));
-                match upstreams.trust(&[]) {
+                let fallback = match upstreams.trust(extra) {
+                    // The CA is fine: the client certificate is at fault.
+                    Ok(t) if identity.is_some() => {
+                        let why = format!("the client certificate in its Secret: {e}");
+                        set_secret_invalid(&mut a.conditions, &why);
+                        state = RouteState::NotReady(why);
+                        Ok(t)
+                    }
+                    _ => {
+                        state = RouteState::NotReady(format!("caCertSecretRef: {e}"));
+                        upstreams.trust(&[])
+                    }
+                };
+                match fallback {
                     Ok(t) => t,
                     Err(e) => {
                         problems.push(Problem {
@@ -88,7 +119,7 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
             namespace: id.namespace.clone(),
             name: id.name.clone(),
             class: connector.spec.connector_class_name.clone(),
-            address: connector.spec.address.clone(),
+            address: connectors_crd::address::redact(&connector.spec.address),
             source: source.clone(),
             endpoints: addresses.iter().map(|a| a.to_string()).collect(),
             conditions: a.conditions,
@@ -98,8 +129,7 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
         }
         let route = Arc::new(Route {
             id: id.clone(),
-            class: connector.spec.connector_class_name.clone(),
-            addresses: addresses.clone(),
+            connector: Arc::new(connector.clone()),
             state,
             trust,
         });
@@ -148,5 +178,20 @@ pub fn build(objects: &Objects, upstreams: &Upstreams, generation: u64) -> Catal
         index,
         reports,
         problems,
+    }
+}
+
+/// Turns `SecretReady` False: the Secret's client certificate cannot be used.
+fn set_secret_invalid(conditions: &mut [connectors_crd::condition::Condition], why: &str) {
+    use connectors_crd::condition::{Condition, Status, types};
+    for c in conditions {
+        if c.type_ == types::SECRET_READY {
+            *c = Condition::new(
+                types::SECRET_READY,
+                Status::False,
+                connectors_crd::assess::reasons::SECRET_INVALID,
+                why.to_owned(),
+            );
+        }
     }
 }

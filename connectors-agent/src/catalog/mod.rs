@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use connectors_crd::address::{Scheme, ToolAddress};
 use connectors_crd::condition::Condition;
-use connectors_crd::credentials::Credential;
+use connectors_crd::inject::Injector;
+use connectors_crd::path::{Coverage, RequestPath};
 use connectors_crd::{Connector, ConnectorClass, ConnectorId};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
@@ -51,6 +52,9 @@ pub struct Objects {
     pub connectors: BTreeMap<ConnectorId, (Connector, Source)>,
     /// By `(namespace, name)`.
     pub secrets: BTreeMap<(String, String), (Secret, Source)>,
+    /// Connectors whose Secrets the source does not hold (Kubernetes mode: no pod of this node
+    /// may use them, or they are being fetched), and why.
+    pub withheld: BTreeMap<ConnectorId, String>,
 }
 
 /// A problem with one object or file; the rest of the configuration keeps working.
@@ -75,20 +79,23 @@ impl std::fmt::Display for Problem {
 /// Whether a route can serve requests.
 #[derive(Clone, Debug)]
 pub enum RouteState {
-    /// Serve, adding this credential (none for anonymous auth types).
-    Ready(Option<Credential>),
+    /// Serve, putting on this injector's credentials (none for anonymous auth types).
+    Ready(Option<Injector>),
     /// Refuse with this reason (e.g. its Secret is missing).
     NotReady(String),
+    /// Its credentials are not held by this agent (Kubernetes mode), for this reason.
+    Withheld(String),
 }
 
 /// One Connector, ready to serve requests.
 #[derive(Debug)]
 pub struct Route {
     pub id: ConnectorId,
-    pub class: String,
-    pub addresses: Vec<ToolAddress>,
+    /// The Connector as written (its namespace rule needs its annotations).
+    pub connector: Arc<Connector>,
     pub state: RouteState,
-    /// The trust set the tool's certificate is checked against.
+    /// The trust set the tool's certificate is checked against (and the client certificate
+    /// presented, if the Connector has one).
     pub trust: TrustId,
 }
 
@@ -120,6 +127,9 @@ pub enum Selection<'a> {
     NoConnector,
     /// Connectors serve the host, but none the path.
     OutsidePrefix(Vec<ConnectorId>),
+    /// A Connector's prefix covers one reading of the path and not another (an encoded `/` or
+    /// `\`, `;params`, doubled slashes next to a dot segment): the path is refused.
+    Ambiguous(ConnectorId),
 }
 
 /// One generation of the configuration.
@@ -134,14 +144,15 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Picks the Connector for a request: same scheme, host and port, longest matching path
-    /// prefix, among those `allowed` (the workload's permitted Connectors).
+    /// Picks the Connector for a request: same scheme, host and port, longest path prefix that
+    /// covers the path as the tool will resolve it, among those `allowed` (the workload's
+    /// permitted Connectors).
     pub fn select(
         &self,
         scheme: Scheme,
         host: &str,
         port: u16,
-        path: &str,
+        path: &RequestPath,
         allowed: impl Fn(&Route) -> bool,
     ) -> Selection<'_> {
         let key = EndpointKey {
@@ -158,12 +169,29 @@ impl Catalog {
         }
         let mut outside = Vec::new();
         for (address, route) in visible {
-            if address.covers_path(path) {
-                return Selection::Route(route);
+            match address.coverage(path) {
+                Coverage::Inside => return Selection::Route(route),
+                Coverage::Ambiguous => return Selection::Ambiguous(route.id.clone()),
+                Coverage::Outside => outside.push(route.id.clone()),
             }
-            outside.push(route.id.clone());
         }
         Selection::OutsidePrefix(outside)
+    }
+
+    /// Some Connector serving this scheme, host and port, whatever the path and namespace (for
+    /// its trust set: the tool's own CA).
+    pub fn any_route(&self, scheme: Scheme, host: &str, port: u16) -> Option<&Arc<Route>> {
+        let key = EndpointKey {
+            scheme,
+            host: normalize_host(host),
+            port,
+        };
+        self.index.get(&key)?.first().map(|(_, r)| r)
+    }
+
+    /// The route of a Connector.
+    pub fn route(&self, id: &ConnectorId) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| &r.id == id)
     }
 
     /// Whether any Connector serves `host:port`, whatever the scheme and path.

@@ -13,13 +13,19 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::idle::{Guarded, Watched};
+use super::passthrough;
 use super::rewind::Rewind;
 use super::{ConnTarget, Shared, handler};
+
+/// Concurrent HTTP/2 streams per workload connection: each may hold an upstream connection.
+const MAX_STREAMS: u32 = 128;
 
 /// First byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Serves a `CONNECT` tunnel: its first byte is read (and replayed) to tell TLS from plain HTTP.
+/// A tunnel that stays silent for the header timeout after its `200` is closed.
 pub async fn serve_tunnel<IO>(
     shared: Arc<Shared>,
     mut io: IO,
@@ -29,18 +35,21 @@ pub async fn serve_tunnel<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut first = [0u8; 1];
-    match io.read(&mut first).await {
-        Ok(0) => {}
-        Ok(_) => {
+    let wait = shared.settings.timeouts.header;
+    match tokio::time::timeout(wait, io.read(&mut first)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(_)) => {
             let io = Rewind::new(io, Bytes::copy_from_slice(&first));
             serve(shared, io, first[0], target, fallback_host).await;
         }
-        Err(e) => tracing::debug!(error = %e, "tunnel closed before its first byte"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "tunnel closed before its first byte"),
+        Err(_) => tracing::debug!("closing a tunnel silent after its CONNECT"),
     }
 }
 
 /// Serves a redirected socket: its first byte is peeked, not consumed, so the TLS or HTTP layer
-/// reads the whole first message in one go.
+/// reads the whole first message in one go. A TLS connection for a name no Connector serves on
+/// this port is passed through to its destination untouched (see [`passthrough`]).
 pub async fn serve_socket(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -50,7 +59,36 @@ pub async fn serve_socket(
     let mut first = [0u8; 1];
     match stream.peek(&mut first).await {
         Ok(0) => {}
-        Ok(_) => serve(shared, stream, first[0], target, fallback_host).await,
+        Ok(_) => {
+            if first[0] == TLS_HANDSHAKE
+                && let Some(to) = target.original
+            {
+                let hello = passthrough::peek_hello(&stream, shared.settings.timeouts.header).await;
+                let name = match &hello {
+                    passthrough::Hello::Tls { server_name } => {
+                        server_name.clone().unwrap_or_else(|| fallback_host.clone())
+                    }
+                    passthrough::Hello::Unreadable => fallback_host.clone(),
+                };
+                if !shared.catalog.load().covers_endpoint(&name, target.port) {
+                    shared.metrics.passed_through();
+                    tracing::debug!(server_name = %name, %to, "no Connector serves this name: passed through");
+                    // Spliced: in flight for as long as it lasts (never closed as idle).
+                    let _busy = target.activity.begin();
+                    match passthrough::splice(stream, to, shared.settings.connect_timeout).await {
+                        Ok((sent, received)) => {
+                            tracing::debug!(sent, received, "passed-through connection closed")
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, %to, "passed-through connection ended")
+                        }
+                    }
+                    return;
+                }
+            }
+            let io = Watched::new(stream, target.activity.clone());
+            serve(shared, io, first[0], target, fallback_host).await;
+        }
         Err(e) => tracing::debug!(error = %e, "connection closed before its first byte"),
     }
 }
@@ -115,16 +153,22 @@ where
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let target = target.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler::handle(&shared, &target, req).await) }
+        async move {
+            let busy = target.activity.begin();
+            let resp = handler::handle(&shared, &target, req).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Guarded::new(b, busy)))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No HTTP/1 timer: re-arming its header-read timeout on every request costs a wakeup of the
-    // runtime (a syscall pair) per request, a tenth of the proxy's whole cost on small requests.
+    // runtime (a syscall pair) per request.
+    // The connection's timeouts are kept by its `Activity` (see `idle`).
     builder.http1().keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .adaptive_window(true);
+        .adaptive_window(true)
+        .max_concurrent_streams(MAX_STREAMS);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {

@@ -24,6 +24,10 @@ pub enum Refusal {
         connectors: Vec<ConnectorId>,
     },
     #[error(
+        "the request path is ambiguous under the address of Connector {id}: an encoded '/' or '\\', a ';' parameter or a doubled '/' next to a '..' segment could resolve outside it; send the path without them"
+    )]
+    AmbiguousPath { id: ConnectorId },
+    #[error(
         "this connection is for '{connection}', not '{request}'; open a connection to '{request}'"
     )]
     Misdirected { connection: String, request: String },
@@ -49,8 +53,50 @@ pub enum Refusal {
         authority: String,
         status: u16,
     },
+    #[error("Connector {id}: {cause}")]
+    TokenRefused {
+        id: ConnectorId,
+        cause: connectors_crd::inject::InjectError,
+    },
+    #[error("Connector {id}: {cause}")]
+    ScopeNotGranted {
+        id: ConnectorId,
+        cause: connectors_crd::inject::InjectError,
+    },
+    #[error("Connector {id}: {cause}")]
+    RealmNotAllowed {
+        id: ConnectorId,
+        cause: connectors_crd::inject::InjectError,
+    },
+    #[error("Connector {id}: {cause}")]
+    TokenUnavailable {
+        id: ConnectorId,
+        cause: connectors_crd::inject::InjectError,
+    },
+    #[error("Connector {id}: the tool at {authority} refused the client certificate: {cause}")]
+    ClientCertificateRefused {
+        id: ConnectorId,
+        authority: String,
+        cause: String,
+    },
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A registry API request the injector could not serve, told the way registries tell
+    /// errors (a `401`, or `403` for a scope not granted, with distribution's JSON error body
+    /// and no challenge), so image clients show the message instead of a bare status.
+    #[error("{0}")]
+    Registry(Box<Refusal>),
+    #[error("{who} may not use this Connector: {denied}")]
+    NotAllowed {
+        who: String,
+        denied: Box<connectors_crd::access::Denied>,
+    },
+    #[error("{0}; retry shortly")]
+    AccessUnavailable(String),
+    #[error(
+        "the agent cannot tell which pod this connection comes from (source {peer}); only pods of this node labelled connectors.io/inject=\"true\" get credentials"
+    )]
+    Unidentified { peer: std::net::SocketAddr },
 }
 
 fn list(ids: &[ConnectorId]) -> String {
@@ -63,14 +109,26 @@ fn list(ids: &[ConnectorId]) -> String {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::NoConnector { .. } | Refusal::OutsidePrefix { .. } => StatusCode::FORBIDDEN,
+            Refusal::NoConnector { .. }
+            | Refusal::OutsidePrefix { .. }
+            | Refusal::NotAllowed { .. }
+            | Refusal::Unidentified { .. } => StatusCode::FORBIDDEN,
+            Refusal::AccessUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Refusal::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::Unreachable { .. } | Refusal::CredentialsRefused { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Refusal::Unreachable { .. }
+            | Refusal::CredentialsRefused { .. }
+            | Refusal::TokenRefused { .. }
+            | Refusal::RealmNotAllowed { .. }
+            | Refusal::TokenUnavailable { .. }
+            | Refusal::ClientCertificateRefused { .. } => StatusCode::BAD_GATEWAY,
+            Refusal::ScopeNotGranted { .. } => StatusCode::FORBIDDEN,
             Refusal::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest(_) | Refusal::AmbiguousPath { .. } => StatusCode::BAD_REQUEST,
+            Refusal::Registry(inner) => match **inner {
+                Refusal::ScopeNotGranted { .. } => StatusCode::FORBIDDEN,
+                _ => StatusCode::UNAUTHORIZED,
+            },
         }
     }
 
@@ -83,20 +141,42 @@ impl Refusal {
             Refusal::NotReady { .. } => "not-ready",
             Refusal::Unreachable { .. } => "unreachable",
             Refusal::Timeout { .. } => "timeout",
-            Refusal::CredentialsRefused { .. } => "credentials-refused",
+            Refusal::CredentialsRefused { .. } | Refusal::TokenRefused { .. } => {
+                "credentials-refused"
+            }
+            Refusal::ScopeNotGranted { .. } => "scope-not-granted",
+            Refusal::RealmNotAllowed { .. } => "realm-not-allowed",
+            Refusal::TokenUnavailable { .. } => "token-unavailable",
+            Refusal::ClientCertificateRefused { .. } => "client-certificate-refused",
             Refusal::BadRequest(_) => "bad-request",
+            Refusal::AmbiguousPath { .. } => "ambiguous-path",
+            Refusal::NotAllowed { denied, .. } => match denied.rule() {
+                "namespace" => "not-shared",
+                _ => "not-allowed",
+            },
+            Refusal::AccessUnavailable(_) => "authorization-unavailable",
+            Refusal::Unidentified { .. } => "unidentified",
+            Refusal::Registry(inner) => inner.code(),
         }
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        let body = format!("connectors: {self}\n");
+        let (body, content_type) = match &self {
+            Refusal::Registry(_) => (
+                serde_json::json!({"errors": [{
+                    "code": if self.status() == StatusCode::FORBIDDEN { "DENIED" } else { "UNAUTHORIZED" },
+                    "message": format!("connectors: {self}"),
+                    "detail": {"refusal": self.code()},
+                }]})
+                .to_string(),
+                "application/json",
+            ),
+            _ => (format!("connectors: {self}\n"), "text/plain; charset=utf-8"),
+        };
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(REFUSAL_HEADER, HeaderValue::from_static(self.code()));
         resp
     }
@@ -121,5 +201,8 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert!(r.to_string().contains("ns/git"));
         assert!(r.to_string().contains("refused the credentials"));
+        let r = Refusal::Registry(Box::new(r));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.code(), "credentials-refused");
     }
 }

@@ -9,15 +9,9 @@ use std::sync::Arc;
 use connectors_crd::address::Scheme;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::accept::accept_loop;
-use super::{ConnTarget, Shared, Workload, intercept};
-
-/// Where a redirected connection was going.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Destination {
-    pub addr: SocketAddr,
-    pub workload: Option<Workload>,
-}
+use super::accept::{WhenFull, accept_loop};
+use super::{ConnTarget, Listener, Shared, intercept};
+use crate::workload::Destination;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -147,7 +141,7 @@ pub async fn serve_transparent(
     origin: Arc<dyn OriginalDst>,
 ) {
     let own = listener.local_addr().ok();
-    accept_loop(&shared, listener, "transparent", |stream, peer| {
+    accept_loop(&shared, listener, "transparent", WhenFull::Close, |stream, peer, activity| {
         let local = match stream.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -174,6 +168,10 @@ pub async fn serve_transparent(
             host: None,
             port: dest.addr.port(),
             workload: dest.workload,
+            listener: Listener::Transparent,
+            original: Some(dest.addr),
+            pod: dest.workload.and_then(|w| shared.pod_by_workload(&w)),
+            activity,
         };
         let span = tracing::debug_span!("conn", listener = "transparent", %peer, dest = %dest.addr);
         let fallback = dest.addr.ip().to_string();

@@ -11,9 +11,10 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, PerCpuArray};
+use aya::programs::links::FdLink;
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, SockOps, cgroup_sock_addr::CgroupSockAddrLink,
-    sock_ops::SockOpsLink,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
+    cgroup_sock_addr::CgroupSockAddrLink, sock_ops::SockOpsLink,
 };
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
@@ -37,9 +38,24 @@ pub struct Programs {
 pub struct CgroupLinks {
     /// The cgroup's id (its directory's inode number).
     pub id: u64,
-    _connect4: CgroupSockAddrLink,
-    _connect6: CgroupSockAddrLink,
-    _sockops: SockOpsLink,
+    connect4: CgroupSockAddrLink,
+    connect6: CgroupSockAddrLink,
+    sockops: SockOpsLink,
+}
+
+impl CgroupLinks {
+    /// The links as file-descriptor links (to be pinned); those attached another way are
+    /// dropped (detached).
+    fn into_fd_links(self) -> Vec<FdLink> {
+        [
+            FdLink::try_from(self.connect4).ok(),
+            FdLink::try_from(self.connect6).ok(),
+            FdLink::try_from(self.sockops).ok(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 impl Programs {
@@ -68,6 +84,10 @@ impl Programs {
         let prog: &mut SockOps = program(&mut ebpf, programs::SOCKOPS)?;
         prog.load().map_err(|e| {
             RedirectError::from_ebpf(format!("loading program {}", programs::SOCKOPS), e)
+        })?;
+        let prog: &mut CgroupSkb = program(&mut ebpf, programs::PARK)?;
+        prog.load().map_err(|e| {
+            RedirectError::from_ebpf(format!("loading program {}", programs::PARK), e)
         })?;
         let maps = take_maps(&mut ebpf)?;
         Ok((Self { ebpf }, maps, logger))
@@ -100,10 +120,24 @@ impl Programs {
             .map_err(|e| RedirectError::from_ebpf(what(programs::SOCKOPS), e))?;
         Ok(CgroupLinks {
             id,
-            _connect4: connect4,
-            _connect6: connect6,
-            _sockops: sockops,
+            connect4,
+            connect6,
+            sockops,
         })
+    }
+
+    /// Attaches `park` to the cgroup at `path` (a hand-over), alongside its other programs.
+    pub fn attach_park(&mut self, path: &Path) -> Result<FdLink, RedirectError> {
+        let file = File::open(path).map_err(|e| RedirectError::cgroup(path, e.to_string()))?;
+        let what = || format!("attaching {} to cgroup {}", programs::PARK, path.display());
+        let prog: &mut CgroupSkb = program(&mut self.ebpf, programs::PARK)?;
+        let id = prog
+            .attach(&file, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(|e| RedirectError::from_ebpf(what(), e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| RedirectError::from_ebpf(what(), e))?;
+        FdLink::try_from(link).map_err(|e| RedirectError::from_ebpf(what(), e))
     }
 }
 
@@ -135,12 +169,20 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, RedirectError> {
         HashMap::try_from(take(names::BY_TUPLE)?).map_err(|e| map_err(names::BY_TUPLE, e))?;
     let counters =
         PerCpuArray::try_from(take(names::COUNTERS)?).map_err(|e| map_err(names::COUNTERS, e))?;
+    let settings =
+        Array::try_from(take(names::SETTINGS)?).map_err(|e| map_err(names::SETTINGS, e))?;
+    let handoff = Array::try_from(take(names::HANDOFF)?).map_err(|e| map_err(names::HANDOFF, e))?;
+    let workloads =
+        HashMap::try_from(take(names::WORKLOADS)?).map_err(|e| map_err(names::WORKLOADS, e))?;
     Ok(Maps {
         endpoints: endpoints.into(),
         proxy: proxy.into(),
         by_cookie: by_cookie.into(),
         by_tuple: std::sync::Arc::new(by_tuple.into()),
         counters,
+        settings: settings.into(),
+        workloads: workloads.into(),
+        handoff: handoff.into(),
     })
 }
 
@@ -148,18 +190,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, RedirectError> {
 /// cgroup2 file system, and not contain the agent itself (whose connections to tools would
 /// otherwise come back to it).
 pub fn check_cgroup(path: &Path) -> Result<(), RedirectError> {
-    let meta = std::fs::metadata(path).map_err(|e| RedirectError::cgroup(path, e.to_string()))?;
-    if !meta.is_dir() {
-        return Err(RedirectError::cgroup(path, "is not a folder".into()));
-    }
-    if !is_cgroup2(path) {
-        return Err(RedirectError::cgroup(
-            path,
-            "is not on a cgroup v2 file system (cgroup v2 is mounted at /sys/fs/cgroup, or at \
-             /sys/fs/cgroup/unified on hybrid hosts)"
-                .into(),
-        ));
-    }
+    check_cgroup_v2(path)?;
     if let Some(own) = own_cgroup(path)
         && let Ok(target) = path.canonicalize()
         && own.starts_with(&target)
@@ -171,6 +202,23 @@ pub fn check_cgroup(path: &Path) -> Result<(), RedirectError> {
                  back to it. Name the workloads' cgroup instead",
                 own.display()
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `path` is a directory on a cgroup v2 file system.
+pub fn check_cgroup_v2(path: &Path) -> Result<(), RedirectError> {
+    let meta = std::fs::metadata(path).map_err(|e| RedirectError::cgroup(path, e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(RedirectError::cgroup(path, "is not a folder".into()));
+    }
+    if !is_cgroup2(path) {
+        return Err(RedirectError::cgroup(
+            path,
+            "is not on a cgroup v2 file system (cgroup v2 is mounted at /sys/fs/cgroup, or at \
+             /sys/fs/cgroup/unified on hybrid hosts)"
+                .into(),
         ));
     }
     Ok(())
@@ -282,6 +330,20 @@ impl Attachments {
             }
         }
         changes
+    }
+
+    /// Attaches `park` to every cgroup under redirect (see [`Programs::attach_park`]).
+    pub fn attach_park(&mut self) -> Result<Vec<FdLink>, RedirectError> {
+        let paths: Vec<PathBuf> = self.attached.keys().cloned().collect();
+        paths.iter().map(|p| self.programs.attach_park(p)).collect()
+    }
+
+    /// Every cgroup's links, as file-descriptor links, leaving none attached here.
+    pub fn take_fd_links(&mut self) -> Vec<FdLink> {
+        std::mem::take(&mut self.attached)
+            .into_values()
+            .flat_map(CgroupLinks::into_fd_links)
+            .collect()
     }
 
     /// Detaches from every cgroup.

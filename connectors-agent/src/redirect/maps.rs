@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray};
 use connectors_common::{
-    Addr, COUNTERS, Counter, Endpoint, EndpointKey, Origin, ProxyTarget, TupleKey,
+    Addr, COUNTERS, Counter, Endpoint, EndpointKey, Origin, ProxyTarget, Settings, TupleKey,
+    WorkloadEntry,
 };
 use tokio::net::TcpStream;
 
-use crate::proxy::{Destination, LookupError, OriginalDst, Workload};
+use crate::proxy::{LookupError, OriginalDst};
+use crate::workload::{Destination, Workload};
 
 /// The 16-byte form the programs use (IPv4 mapped), as four words of network-order bytes.
 pub fn addr_words(ip: IpAddr) -> Addr {
@@ -97,6 +99,9 @@ pub struct Maps {
     pub by_cookie: Mutex<HashMap<MapData, u64, Origin>>,
     pub by_tuple: Arc<Mutex<HashMap<MapData, TupleKey, Origin>>>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub settings: Mutex<Array<MapData, Settings>>,
+    pub workloads: Mutex<HashMap<MapData, u64, WorkloadEntry>>,
+    pub handoff: Mutex<Array<MapData, u64>>,
 }
 
 impl Maps {

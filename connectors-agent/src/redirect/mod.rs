@@ -1,8 +1,11 @@
 //! The eBPF transparent redirect: workloads' connections to tool endpoints are sent to the
 //! transparent listener by the kernel, with no configuration in the workload.
 //!
-//! - [`attach`]: loads the programs embedded at build time and attaches them to the workload
-//!   cgroups (`--redirect-cgroup`), following those cgroups as they come and go.
+//! - [`attach`]: loads the programs embedded at build time and attaches them: to the workload
+//!   cgroups named on the command line (`--redirect-cgroup`, following them as they come and
+//!   go), or, in Kubernetes mode, once to the pods' root, with the labelled pods' cgroups in a
+//!   map the programs check (so a pod is redirected as soon as its cgroup id is in the map, with
+//!   no attach per pod, and unlabelled pods are untouched).
 //! - [`endpoints`]: fills the endpoint map from the catalog (on every change, and re-resolved
 //!   every `--redirect-refresh`).
 //! - [`maps`]: the map layouts' userspace side, and [`EbpfOriginalDst`], which the transparent
@@ -12,20 +15,24 @@
 
 mod attach;
 mod endpoints;
+pub mod handoff;
 mod maps;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use connectors_common::Counter;
+use connectors_common::{Counter, Settings, WorkloadEntry};
 use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::proxy::Shared;
 use crate::resolve::Resolver;
+use crate::workload::pods::CgroupSet;
 
 pub use attach::check_cgroup;
 pub use maps::EbpfOriginalDst;
@@ -37,7 +44,7 @@ use maps::Maps;
 /// The programs, built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/connectors-ebpf"));
 
-/// How often cgroups and the catalog generation are checked.
+/// How often the cgroups named on the command line are checked.
 const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
@@ -113,11 +120,24 @@ impl RedirectError {
     }
 }
 
+/// Whose connections are redirected.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// Every process of these cgroup v2 directories (standalone `--redirect-cgroup`).
+    Cgroups(Vec<PathBuf>),
+    /// Kubernetes mode: the programs attached once at the pods' root, redirecting only the
+    /// processes under one of `workloads` (pod cgroups, looked for at `levels`).
+    Pods {
+        root: PathBuf,
+        levels: (u32, u32),
+        workloads: watch::Receiver<CgroupSet>,
+    },
+}
+
 /// What the redirect needs to know.
 #[derive(Clone, Debug)]
 pub struct RedirectSettings {
-    /// Workload cgroup v2 directories.
-    pub cgroups: Vec<PathBuf>,
+    pub scope: Scope,
     /// Where connections are sent, at most one per family.
     pub targets: Vec<SocketAddr>,
     /// How often tool names are resolved again.
@@ -127,7 +147,7 @@ pub struct RedirectSettings {
 impl RedirectSettings {
     /// `redirect_to` if given, else the transparent listener's own address.
     pub fn new(
-        cgroups: Vec<PathBuf>,
+        scope: Scope,
         redirect_to: &[SocketAddr],
         listener: Option<SocketAddr>,
         refresh: Duration,
@@ -157,7 +177,7 @@ impl RedirectSettings {
             });
         }
         Ok(Self {
-            cgroups,
+            scope,
             targets,
             refresh,
         })
@@ -187,8 +207,14 @@ impl Redirect {
         if OBJECT.is_empty() {
             return Err(RedirectError::NotBuilt);
         }
-        for c in &settings.cgroups {
-            check_cgroup(c)?;
+        match &settings.scope {
+            Scope::Cgroups(cgroups) => {
+                for c in cgroups {
+                    check_cgroup(c)?;
+                }
+            }
+            // The agent's own pod is under the root too; filtering leaves it alone.
+            Scope::Pods { root, .. } => attach::check_cgroup_v2(root)?,
         }
         let (programs, maps, logger) = Programs::load(OBJECT, ebpf_log_level())?;
         maps.proxy
@@ -196,6 +222,22 @@ impl Redirect {
             .map_err(|_| RedirectError::Object("proxy map lock poisoned".into()))?
             .set(0, maps::proxy_target(&settings.targets), 0)
             .map_err(|e| RedirectError::from_ebpf("setting the proxy address", e))?;
+        if let Scope::Pods { levels, .. } = &settings.scope {
+            maps.settings
+                .lock()
+                .map_err(|_| RedirectError::Object("settings map lock poisoned".into()))?
+                .set(
+                    0,
+                    Settings {
+                        filter: 1,
+                        min_level: levels.0,
+                        max_level: levels.1,
+                        _pad: 0,
+                    },
+                    0,
+                )
+                .map_err(|e| RedirectError::from_ebpf("setting the workload filter", e))?;
+        }
 
         let mut sync = EndpointSync::new(resolver, settings.targets.clone());
         let catalog = shared.catalog.load_full();
@@ -207,11 +249,16 @@ impl Redirect {
         );
 
         let mut attachments = Attachments::new(programs);
-        for c in &settings.cgroups {
+        let paths: Vec<PathBuf> = match &settings.scope {
+            Scope::Cgroups(c) => c.clone(),
+            Scope::Pods { root, .. } => vec![root.clone()],
+        };
+        for c in &paths {
             let id = attachments.attach(c)?;
             tracing::info!(cgroup = %c.display(), id, targets = ?settings.targets, "redirect attached");
         }
         let stop = shared.shutdown.child_token();
+        let scope = settings.scope.clone();
         let inner = Arc::new(Inner {
             settings,
             attachments: Mutex::new(attachments),
@@ -221,19 +268,27 @@ impl Redirect {
             tokio::spawn(read_ebpf_logs(logger, stop.clone()));
         }
         tokio::spawn(
-            follow_catalog(
-                inner.clone(),
-                shared,
-                sync,
-                catalog.generation,
-                stop.clone(),
-            )
-            .instrument(tracing::info_span!("redirect-endpoints")),
+            follow_catalog(inner.clone(), shared.clone(), sync, stop.clone())
+                .instrument(tracing::info_span!("redirect-endpoints")),
         );
-        tokio::spawn(
-            follow_cgroups(inner.clone(), stop.clone())
-                .instrument(tracing::info_span!("redirect-cgroups")),
-        );
+        match scope {
+            Scope::Cgroups(paths) => {
+                tokio::spawn(
+                    follow_cgroups(inner.clone(), paths, stop.clone())
+                        .instrument(tracing::info_span!("redirect-cgroups")),
+                );
+            }
+            Scope::Pods { workloads, .. } => {
+                // The pods known now are in the map before this returns (a restart picks up
+                // every running pod at once).
+                let mut current = BTreeSet::new();
+                sync_workloads(&inner, &shared, &workloads.borrow(), &mut current);
+                tokio::spawn(
+                    follow_workloads(inner.clone(), shared, workloads, current, stop.clone())
+                        .instrument(tracing::info_span!("redirect-pods")),
+                );
+            }
+        }
         Ok(Self { inner, stop })
     }
 
@@ -241,6 +296,59 @@ impl Redirect {
     pub fn original_dst(&self) -> Result<EbpfOriginalDst, RedirectError> {
         EbpfOriginalDst::new(self.inner.maps.by_tuple.clone())
             .map_err(|e| RedirectError::from_ebpf("opening the redirect's connection map", e))
+    }
+
+    /// Takes over what a previous agent handed over in `dir`, if anything (call once this
+    /// agent's transparent listener listens): the connections parked for it come in; the
+    /// previous agent's records are returned as an extra source of original destinations; its
+    /// programs and pins go after [`handoff::KEEP_PREVIOUS`].
+    pub fn take_over(&self, dir: &Path) -> Result<Option<EbpfOriginalDst>, RedirectError> {
+        let Some(taken) = handoff::take_over(dir)? else {
+            return Ok(None);
+        };
+        tracing::info!(dir = %dir.display(), "took the redirect over from the previous agent");
+        let records = taken.records.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(handoff::KEEP_PREVIOUS) => {}
+                // Stopping first: the shutdown replaces (hand-over) or removes (uninstall)
+                // what is in the folder; removing it here would undo this agent's hand-over.
+                () = stop.cancelled() => return,
+            }
+            let removed = taken.finish();
+            tracing::info!(removed, "the previous agent's redirect is gone");
+        });
+        Ok(Some(records))
+    }
+
+    /// Hands the redirect over to the next agent (see [`handoff`]): it stays attached after this
+    /// process ends, parking new connections until the next agent listens. Falls back to
+    /// [`Redirect::stop`] when that cannot be done.
+    pub fn hand_over(&self, dir: &Path) {
+        self.stop.cancel();
+        let result = match self.inner.attachments.lock() {
+            Ok(mut a) => handoff::HandOver {
+                dir,
+                attachments: &mut a,
+                maps: &self.inner.maps,
+            }
+            .run(),
+            Err(_) => Err(RedirectError::Object("attachments lock poisoned".into())),
+        };
+        match result {
+            Ok(pinned) => tracing::info!(
+                dir = %dir.display(),
+                pinned,
+                wait_s = handoff::WAIT_FOR_NEXT.as_secs(),
+                "redirect handed over: new connections wait for the next agent"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the redirect over; detaching");
+                handoff::remove_all(dir);
+                self.stop();
+            }
+        }
     }
 
     /// Detaches from every cgroup now: new connections go direct.
@@ -314,20 +422,19 @@ async fn follow_catalog(
     inner: Arc<Inner>,
     shared: Arc<Shared>,
     mut sync: EndpointSync,
-    mut generation: u64,
     stop: CancellationToken,
 ) {
-    let mut resolved_at = Instant::now();
+    let mut generations = shared.generation.subscribe();
+    let mut generation = shared.catalog.load().generation;
     loop {
+        // A new configuration, or the time to resolve the tool names again.
         tokio::select! {
-            () = tokio::time::sleep(POLL) => {}
+            r = generations.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(inner.settings.refresh) => {}
             () = stop.cancelled() => return,
         }
         let catalog = shared.catalog.load_full();
         let changed = catalog.generation != generation;
-        if !changed && resolved_at.elapsed() < inner.settings.refresh {
-            continue;
-        }
         let report = sync.sync(&catalog, &inner.maps).await;
         if changed || report.added + report.removed > 0 {
             tracing::info!(
@@ -340,11 +447,68 @@ async fn follow_catalog(
             );
         }
         generation = catalog.generation;
-        resolved_at = Instant::now();
     }
 }
 
-async fn follow_cgroups(inner: Arc<Inner>, stop: CancellationToken) {
+/// Kubernetes mode: keeps the workload map equal to the tracked pods' cgroups.
+async fn follow_workloads(
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    mut workloads: watch::Receiver<CgroupSet>,
+    mut current: BTreeSet<u64>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            r = workloads.changed() => if r.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        let set = workloads.borrow_and_update().clone();
+        sync_workloads(&inner, &shared, &set, &mut current);
+    }
+}
+
+/// Inserts the new pod cgroups into the workload map and removes the gone ones (and their
+/// connection records); records how long each new one took to become active.
+fn sync_workloads(inner: &Inner, shared: &Shared, set: &CgroupSet, current: &mut BTreeSet<u64>) {
+    let Ok(mut map) = inner.maps.workloads.lock() else {
+        return;
+    };
+    for (id, appeared) in set {
+        if current.contains(id) {
+            continue;
+        }
+        match map.insert(id, WorkloadEntry { flags: 1, _pad: 0 }, 0) {
+            Ok(()) => {
+                let after = appeared.elapsed();
+                shared.metrics.redirect_activated(after);
+                tracing::info!(
+                    cgroup_id = id,
+                    after_ms = after.as_secs_f64() * 1000.0,
+                    "pod under redirect"
+                );
+                current.insert(*id);
+            }
+            Err(e) => tracing::warn!(cgroup_id = id, error = %e, "cannot put a pod under redirect"),
+        }
+    }
+    let gone: Vec<u64> = current
+        .iter()
+        .filter(|id| !set.contains_key(id))
+        .copied()
+        .collect();
+    for id in gone {
+        if let Err(e) = map.remove(&id) {
+            tracing::debug!(cgroup_id = id, error = %e, "workload entry already gone");
+        }
+        current.remove(&id);
+        let forgotten = inner.maps.forget_cgroup(id);
+        tracing::info!(cgroup_id = id, forgotten, "pod out of the redirect");
+    }
+    shared.metrics.pods_redirected(current.len());
+}
+
+async fn follow_cgroups(inner: Arc<Inner>, paths: Vec<PathBuf>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
@@ -353,7 +517,7 @@ async fn follow_cgroups(inner: Arc<Inner>, stop: CancellationToken) {
         let changes = match inner.attachments.lock() {
             // Checked under the lock: `stop` detaches under it too, and must stay detached.
             Ok(_) if stop.is_cancelled() => return,
-            Ok(mut a) => a.reconcile(&inner.settings.cgroups),
+            Ok(mut a) => a.reconcile(&paths),
             Err(_) => return,
         };
         for change in changes {
@@ -377,7 +541,7 @@ mod tests {
     fn settings(to: &[&str], listener: Option<&str>) -> Result<RedirectSettings, RedirectError> {
         let to: Vec<SocketAddr> = to.iter().map(|a| a.parse().unwrap()).collect();
         RedirectSettings::new(
-            vec![PathBuf::from("/sys/fs/cgroup/pod")],
+            Scope::Cgroups(vec![PathBuf::from("/sys/fs/cgroup/pod")]),
             &to,
             listener.map(|l| l.parse().unwrap()),
             Duration::from_secs(30),

@@ -11,11 +11,18 @@ use time::{Duration, OffsetDateTime};
 
 use super::TlsError;
 
-/// A CA certificate and its signing key.
+/// A CA certificate and its signing key: a root (standalone mode), or an intermediate issued to
+/// this agent by the controller (Kubernetes mode), which then sends it after each leaf.
 pub struct CertAuthority {
     pub(super) issuer: Issuer<'static, KeyPair>,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
+    /// Certificates sent after a leaf: the intermediate itself, or nothing for a root.
+    pub(super) chain: Vec<CertificateDer<'static>>,
+    /// What workloads must trust (PEM): the root, or the roots the controller publishes.
+    trust_pem: String,
+    /// When this CA stops being valid (leaves never outlive it).
+    pub(super) not_after: Option<OffsetDateTime>,
 }
 
 impl std::fmt::Debug for CertAuthority {
@@ -50,6 +57,31 @@ impl CertAuthority {
             issuer,
             cert_der: der,
             cert_pem: cert_pem.to_owned(),
+            chain: Vec::new(),
+            trust_pem: cert_pem.to_owned(),
+            not_after: None,
+        })
+    }
+
+    /// An intermediate CA issued for `key`, valid until `not_after`, under `roots_pem` (what
+    /// workloads trust).
+    pub fn intermediate(
+        cert_pem: &str,
+        key: KeyPair,
+        roots_pem: &str,
+        not_after: OffsetDateTime,
+    ) -> Result<Self, rcgen::Error> {
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let der: CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        Ok(Self {
+            issuer,
+            chain: vec![der.clone()],
+            cert_der: der,
+            cert_pem: cert_pem.to_owned(),
+            trust_pem: roots_pem.to_owned(),
+            not_after: Some(not_after),
         })
     }
 
@@ -77,7 +109,10 @@ impl CertAuthority {
             Self {
                 issuer: Issuer::new(params, key),
                 cert_der: cert.der().clone(),
+                trust_pem: cert_pem.clone(),
                 cert_pem,
+                chain: Vec::new(),
+                not_after: None,
             },
             key_pem,
         ))
@@ -110,6 +145,11 @@ impl CertAuthority {
 
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// What workloads must trust, PEM (the root, or the cluster's roots).
+    pub fn trust_pem(&self) -> &str {
+        &self.trust_pem
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Duration as StdDuration, Instant};
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
@@ -28,7 +30,7 @@ struct Entry {
 
 /// Mints and caches a server TLS configuration per host name.
 pub struct LeafCertificates {
-    ca: Arc<CertAuthority>,
+    ca: ArcSwap<CertAuthority>,
     provider: Arc<CryptoProvider>,
     cache: quick_cache::sync::Cache<String, Entry>,
 }
@@ -36,14 +38,21 @@ pub struct LeafCertificates {
 impl LeafCertificates {
     pub fn new(ca: Arc<CertAuthority>, provider: Arc<CryptoProvider>) -> Self {
         Self {
-            ca,
+            ca: ArcSwap::new(ca),
             provider,
             cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
         }
     }
 
-    pub fn ca(&self) -> &CertAuthority {
-        &self.ca
+    pub fn ca(&self) -> Arc<CertAuthority> {
+        self.ca.load_full()
+    }
+
+    /// Signs with `ca` from now on (a renewed intermediate); leaves minted with the previous one
+    /// are minted again on their next use.
+    pub fn set_ca(&self, ca: Arc<CertAuthority>) {
+        self.ca.store(ca);
+        self.cache.clear();
     }
 
     /// The server configuration presenting a certificate for `host` (a DNS name or IP literal).
@@ -76,12 +85,18 @@ impl LeafCertificates {
         params.distinguished_name = dn;
         params.use_authority_key_identifier_extension = true;
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let ca = self.ca.load_full();
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + LEAF_VALIDITY;
+        // Never outliving the CA that signs it (an intermediate lives a day).
+        params.not_after = match ca.not_after {
+            Some(end) => (now + LEAF_VALIDITY).min(end),
+            None => now + LEAF_VALIDITY,
+        };
         let key = KeyPair::generate().map_err(mint_err)?;
-        let cert = params.signed_by(&key, &self.ca.issuer).map_err(mint_err)?;
-        let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
+        let cert = params.signed_by(&key, &ca.issuer).map_err(mint_err)?;
+        let mut chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
+        chain.extend(ca.chain.iter().cloned());
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()

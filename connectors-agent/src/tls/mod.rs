@@ -1,6 +1,7 @@
 //! TLS: the proxy's CA and leaf certificates towards workloads, and trust towards tools.
 
 mod ca;
+pub mod intermediate;
 mod leaf;
 
 use std::path::PathBuf;

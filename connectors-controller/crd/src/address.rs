@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::class::AddressRules;
+use crate::path::{self, Coverage, RequestPath};
 
 /// `http` or `https`: the only schemes the proxy speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,6 +26,23 @@ impl Scheme {
             Scheme::Https => 443,
         }
     }
+}
+
+/// Scheme, host (lowercase, IPv6 without brackets) and port (the scheme's default when
+/// absent) of an absolute `http` or `https` URI; `None` for anything else.
+pub fn origin_of(uri: &http::Uri) -> Option<(Scheme, String, u16)> {
+    let scheme = match uri.scheme_str()? {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        _ => return None,
+    };
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(scheme.default_port());
+    Some((scheme, host, port))
 }
 
 impl fmt::Display for Scheme {
@@ -54,8 +72,12 @@ pub enum AddressError {
     NoHost(String),
     #[error("'{0}' must not contain user info; credentials belong in the Secret")]
     UserInfo(String),
-    #[error("'{0}' must not contain a query or fragment")]
+    #[error("'{0}' must not contain a query or fragment (credentials belong in the Secret)")]
     QueryOrFragment(String),
+    #[error("'{0}' contains a control character (CR, LF, TAB...) at position {1}")]
+    ControlCharacter(String, usize),
+    #[error("'{0}': the path {1}")]
+    Path(String, path::PathError),
     #[error("scheme '{scheme}' is not allowed by the class (allowed: {allowed})")]
     SchemeNotAllowed { scheme: String, allowed: String },
     #[error("host '{host}' does not match the class's host patterns ({patterns})")]
@@ -64,8 +86,16 @@ pub enum AddressError {
 
 impl ToolAddress {
     pub fn parse(address: &str) -> Result<Self, AddressError> {
+        // The URL parser drops tabs and newlines silently; an address holding one is a mistake
+        // (or an attempt to smuggle a header), never meant.
+        if let Some(pos) = address.chars().position(char::is_control) {
+            return Err(AddressError::ControlCharacter(
+                redact(&address.escape_debug().to_string()),
+                pos,
+            ));
+        }
         let url = url::Url::parse(address.trim())
-            .map_err(|e| AddressError::NotUrl(address.to_owned(), e.to_string()))?;
+            .map_err(|e| AddressError::NotUrl(redact(address), e.to_string()))?;
         let scheme = match url.scheme() {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
@@ -75,7 +105,7 @@ impl ToolAddress {
             return Err(AddressError::UserInfo(redact_userinfo(&url)));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(AddressError::QueryOrFragment(address.to_owned()));
+            return Err(AddressError::QueryOrFragment(redact(address)));
         }
         let host = match url.host() {
             Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_ascii_lowercase(),
@@ -87,7 +117,8 @@ impl ToolAddress {
             return Err(AddressError::NoHost(address.to_owned()));
         }
         let port = url.port().unwrap_or(scheme.default_port());
-        let path_prefix = url.path().trim_end_matches('/').to_owned();
+        let path_prefix = path::normalize_prefix(url.path())
+            .map_err(|e| AddressError::Path(redact(address), e))?;
         Ok(Self {
             scheme,
             host,
@@ -127,15 +158,15 @@ impl ToolAddress {
         }
     }
 
-    /// Whether a request path falls under this address's path prefix (segment-wise).
+    /// How this address's path prefix covers a request path, as the tool will resolve it.
+    pub fn coverage(&self, path: &RequestPath) -> Coverage {
+        path.coverage(&self.path_prefix)
+    }
+
+    /// Whether a request path (percent-encoded, no query) falls under this address's path
+    /// prefix under every reading a server may apply.
     pub fn covers_path(&self, path: &str) -> bool {
-        if self.path_prefix.is_empty() {
-            return true;
-        }
-        match path.strip_prefix(&self.path_prefix) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
-            None => false,
-        }
+        RequestPath::parse(path).is_ok_and(|p| self.coverage(&p) == Coverage::Inside)
     }
 }
 
@@ -149,6 +180,50 @@ impl fmt::Display for ToolAddress {
             self.path_prefix
         )
     }
+}
+
+/// An address fit to show: user info and query values replaced by `***`, whether or not it
+/// parses as a URL. Use it wherever a Connector's address is echoed (status, logs, messages).
+pub fn redact(address: &str) -> String {
+    let (before_fragment, fragment) = match address.split_once('#') {
+        Some((a, f)) => (a, Some(f)),
+        None => (address, None),
+    };
+    let (base, query) = match before_fragment.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (before_fragment, None),
+    };
+    // User info: between `scheme://` and the last `@` before the path.
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rfind('@') {
+                Some(at) => format!("{scheme}://***@{}{path}", &authority[at + 1..]),
+                None => base.to_owned(),
+            }
+        }
+        None => match base.rfind('@') {
+            Some(at) => format!("***@{}", &base[at + 1..]),
+            None => base.to_owned(),
+        },
+    };
+    if let Some(q) = query {
+        let masked: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None if pair.is_empty() => String::new(),
+                None => "***".to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&masked.join("&"));
+    }
+    if fragment.is_some() {
+        out.push_str("#***");
+    }
+    out
 }
 
 fn redact_userinfo(url: &url::Url) -> String {
@@ -177,6 +252,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn origin_of_reads_scheme_host_and_port() {
+        let o = |s: &str| origin_of(&s.parse::<http::Uri>().expect("uri"));
+        assert_eq!(
+            o("https://Git.Test/a"),
+            Some((Scheme::Https, "git.test".into(), 443))
+        );
+        assert_eq!(
+            o("http://[fd00::1]:8080/"),
+            Some((Scheme::Http, "fd00::1".into(), 8080))
+        );
+        assert_eq!(o("ftp://git.test/"), None);
+        assert_eq!(o("/relative"), None);
+    }
+
+    #[test]
     fn parses_https_with_default_port_and_prefix() {
         let a = ToolAddress::parse("https://Git.Example/team/").unwrap();
         assert_eq!(a.scheme, Scheme::Https);
@@ -202,6 +292,41 @@ mod tests {
     }
 
     #[test]
+    fn redacts_credentials_in_any_address() {
+        assert_eq!(
+            redact("https://bob:hunter2@git.example/team?private_token=s3cret&x"),
+            "https://***@git.example/team?private_token=***&***"
+        );
+        assert_eq!(redact("https://git.example/a@b"), "https://git.example/a@b");
+        assert_eq!(redact("bob:hunter2@git.example"), "***@git.example");
+        assert_eq!(redact("not a url#frag"), "not a url#***");
+        for bad in [
+            "https://u:hunter2@h",
+            "https://h/?private_token=hunter2",
+            "https://h/#hunter2",
+            "ht tp://u:hunter2@h",
+        ] {
+            let err = ToolAddress::parse(bad).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rejects_control_characters() {
+        for bad in [
+            "https://git.test/\r\nX-Injected: 1",
+            "https://git.test\n",
+            "https://git\t.test",
+        ] {
+            let err = ToolAddress::parse(bad).unwrap_err();
+            assert!(
+                matches!(err, AddressError::ControlCharacter(..)),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_other_schemes_and_queries() {
         assert!(matches!(
             ToolAddress::parse("ftp://x").unwrap_err(),
@@ -224,6 +349,10 @@ mod tests {
         assert!(a.covers_path("/team/app.git/info/refs"));
         assert!(!a.covers_path("/teammate/app.git"));
         assert!(!a.covers_path("/other"));
+        assert!(!a.covers_path("/team/../other"));
+        assert!(!a.covers_path("/team/..%2Fother"));
+        let a = ToolAddress::parse("https://h/%7Eteam/./x/").unwrap();
+        assert_eq!(a.path_prefix, "/~team/x");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::class::ConnectorClass;
 use crate::condition::{Condition, Status, types};
 use crate::connector::Connector;
 use crate::credentials::{self, Credential, SecretData};
+use crate::inject::Injector;
 use crate::validation::{self, CheckedConnector};
 
 /// Condition reasons.
@@ -36,6 +37,9 @@ pub mod reasons {
     pub const PROBE_TIMEOUT: &str = "ProbeTimeout";
     pub const PROBE_INVALID: &str = "ProbeInvalid";
     pub const NOT_CHECKED: &str = "NotChecked";
+    /// The auth probe needs a parameter the Connector does not set: the credentials are served
+    /// but not tried.
+    pub const NOT_PROBED: &str = "NotProbed";
     // ConnectorClass status.
     pub const CLASS_VALID: &str = "Valid";
     pub const CLASS_SPEC_INVALID: &str = "Invalid";
@@ -48,8 +52,12 @@ pub struct Assessment {
     pub conditions: Vec<Condition>,
     /// The Connector's spec, checked against its class.
     pub checked: Option<CheckedConnector>,
-    /// What the proxy adds to requests, or why it cannot serve.
+    /// The static credential the proxy adds to requests (`None` also for the registry token
+    /// flow and client certificates: see `injector`), or why it cannot serve.
     pub credential: Result<Option<Credential>, String>,
+    /// What the proxy, the probes and the API relay put on requests (`None`: nothing), or why
+    /// the Connector cannot be served.
+    pub injector: Result<Option<Injector>, String>,
     /// PEM CA certificates from `caCertSecretRef`, or why they are unusable.
     pub ca_pem: Result<Vec<Vec<u8>>, String>,
     /// The secret data, for probes.
@@ -75,6 +83,7 @@ pub fn assess<'a>(
         conditions: Vec::new(),
         checked: None,
         credential: Err(String::new()),
+        injector: Err(String::new()),
         ca_pem: Ok(Vec::new()),
         secret: None,
     };
@@ -86,7 +95,8 @@ pub fn assess<'a>(
             reasons::CLASS_NOT_FOUND,
             msg.clone(),
         ));
-        a.credential = Err(msg);
+        a.credential = Err(msg.clone());
+        a.injector = Err(msg);
         return a;
     };
     let class_errors = validation::validate_class(&class.spec);
@@ -101,7 +111,8 @@ pub fn assess<'a>(
             reasons::CLASS_INVALID,
             msg.clone(),
         ));
-        a.credential = Err(msg);
+        a.credential = Err(msg.clone());
+        a.injector = Err(msg);
         return a;
     }
     let checked = match validation::validate_connector(connector, &class.spec) {
@@ -115,6 +126,15 @@ pub fn assess<'a>(
                 format!("the Connector does not fit class '{class_name}': {msg}"),
             ));
             a.credential = Err(format!("invalid spec: {msg}"));
+            a.injector = Err(format!("invalid spec: {msg}"));
+            // The Secret and the CA are still checked, so that every problem shows at once.
+            if let Some((t, name)) = validation::auth_in_use(connector, &class.spec) {
+                let (status, reason, message, _) =
+                    secret_check(ns, &t, name, &Default::default(), &secret);
+                a.conditions
+                    .push(Condition::new(types::SECRET_READY, status, reason, message));
+            }
+            check_ca(connector, ns, &secret, &mut a);
             return a;
         }
     };
@@ -132,44 +152,112 @@ pub fn assess<'a>(
             format!("class '{class_name}' has no auth types; requests pass unchanged"),
             Ok(None),
         ),
-        (Some(t), None) => (
-            Status::True,
-            reasons::SECRET_OPTIONAL,
-            format!(
-                "auth type '{}' is optional and no Secret is set; requests pass unchanged",
-                t.name
+        (Some(t), None) => match credentials::render_rule(t, None, &checked.params) {
+            // The registry token flow goes on without a Secret: anonymous tokens.
+            Ok(Some(r)) => (
+                Status::True,
+                reasons::SECRET_OPTIONAL,
+                format!(
+                    "auth type '{}' is optional and no Secret is set; registry tokens are asked for anonymously",
+                    t.name
+                ),
+                Ok(Some(r)),
             ),
-            Ok(None),
-        ),
-        (Some(t), Some(name)) => match secret(name) {
-            None => {
-                let m = format!("Secret '{ns}/{name}' not found");
-                (Status::False, reasons::SECRET_NOT_FOUND, m.clone(), Err(m))
-            }
-            Some(s) => {
-                let data = SecretData::from_secret(s);
-                let rendered = credentials::check_secret(t, &data)
-                    .and_then(|()| credentials::render(t, &data, &checked.params));
-                a.secret = Some(data);
-                match rendered {
-                    Ok(c) => (
-                        Status::True,
-                        reasons::SECRET_READY,
-                        format!("Secret '{ns}/{name}' fits auth type '{}'", t.name),
-                        Ok(Some(c)),
-                    ),
-                    Err(e) => {
-                        let m = format!("Secret '{ns}/{name}': {e}");
-                        (Status::False, reasons::SECRET_INVALID, m.clone(), Err(m))
-                    }
+            _ => (
+                Status::True,
+                reasons::SECRET_OPTIONAL,
+                format!(
+                    "auth type '{}' is optional and no Secret is set; requests pass unchanged",
+                    t.name
+                ),
+                Ok(None),
+            ),
+        },
+        (Some(t), Some(name)) => {
+            let (status, reason, message, outcome) =
+                secret_check(ns, t, name, &checked.params, &secret);
+            match outcome {
+                Ok((data, r)) => {
+                    a.secret = Some(data);
+                    (status, reason, message, Ok(Some(r)))
+                }
+                Err((data, m)) => {
+                    a.secret = data;
+                    (status, reason, message, Err(m))
                 }
             }
-        },
+        }
     };
     a.conditions
         .push(Condition::new(types::SECRET_READY, status, reason, message));
-    a.credential = credential;
+    let id = connector.id();
+    a.credential = credential.clone().map(|r| match r {
+        Some(credentials::Rendered::Static(c)) => Some(c),
+        _ => None,
+    });
+    a.injector = credential.map(|r| r.map(|r| Injector::new(&id, &checked, r)));
 
+    check_ca(connector, ns, &secret, &mut a);
+    a.checked = Some(checked);
+    a
+}
+
+/// What a Secret check gives: the rendered injection rule and the Secret's data, or the data
+/// (if the Secret was found) and why there is none.
+type SecretOutcome = Result<(SecretData, credentials::Rendered), (Option<SecretData>, String)>;
+
+/// The Secret's condition (status, reason, message) for an auth type, and its outcome.
+fn secret_check<'a>(
+    ns: &str,
+    t: &crate::class::AuthType,
+    name: &str,
+    params: &std::collections::BTreeMap<String, String>,
+    secret: &impl Fn(&str) -> Option<&'a Secret>,
+) -> (Status, &'static str, String, SecretOutcome) {
+    match secret(name) {
+        None => {
+            let m = format!("Secret '{ns}/{name}' not found");
+            (
+                Status::False,
+                reasons::SECRET_NOT_FOUND,
+                m.clone(),
+                Err((None, m)),
+            )
+        }
+        Some(s) => {
+            let data = SecretData::from_secret(s);
+            let rendered = credentials::check_secret(t, &data)
+                .and_then(|()| credentials::render_rule(t, Some(&data), params))
+                .and_then(|r| r.ok_or(credentials::CredentialError::InjectionShape(0)));
+            match rendered {
+                Ok(c) => (
+                    Status::True,
+                    reasons::SECRET_READY,
+                    format!("Secret '{ns}/{name}' fits auth type '{}'", t.name),
+                    Ok((data, c)),
+                ),
+                Err(e) => {
+                    let m = format!("Secret '{ns}/{name}': {e}");
+                    (
+                        Status::False,
+                        reasons::SECRET_INVALID,
+                        m.clone(),
+                        Err((Some(data), m)),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Reads the CA certificates of `caCertSecretRef` into `a.ca_pem`, reporting a problem in the
+/// `SecretReady` condition.
+fn check_ca<'a>(
+    connector: &Connector,
+    ns: &str,
+    secret: &impl Fn(&str) -> Option<&'a Secret>,
+    a: &mut Assessment,
+) {
     if let Some(r) = &connector.spec.ca_cert_secret_ref {
         a.ca_pem = match secret(&r.name) {
             None => Err(format!(
@@ -183,8 +271,6 @@ pub fn assess<'a>(
             set_ca_problem(&mut a.conditions, m.clone());
         }
     }
-    a.checked = Some(checked);
-    a
 }
 
 /// Reports a problem with the CA certificates of `caCertSecretRef` in the one `SecretReady`
@@ -328,6 +414,29 @@ mod tests {
         assert_eq!(secret_conditions.len(), 1, "{:?}", a.conditions);
         assert_eq!(secret_conditions[0].reason, reasons::CA_CERT_INVALID);
         assert!(secret_conditions[0].message.contains("ns/ca"));
+    }
+
+    #[test]
+    fn an_invalid_spec_does_not_hide_a_missing_secret_or_ca() {
+        let mut c = connector();
+        c.spec.address = "ftp://nope".into();
+        c.spec.ca_cert_secret_ref = Some(crate::connector::LocalObjectRef { name: "ca".into() });
+        let cls = class();
+        let a = assess(&c, Some(&cls), |_| None);
+        let reasons: Vec<&str> = a.conditions.iter().map(|c| c.reason.as_str()).collect();
+        assert_eq!(reasons[0], reasons::INVALID_SPEC, "{reasons:?}");
+        assert!(a.conditions[0].message.contains("spec.address"));
+        let secret = a
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::SECRET_READY)
+            .expect("SecretReady");
+        assert_eq!(
+            secret.reason,
+            reasons::SECRET_NOT_FOUND,
+            "{:?}",
+            a.conditions
+        );
     }
 
     #[test]

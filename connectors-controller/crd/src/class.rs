@@ -62,6 +62,10 @@ pub struct ConnectorClassSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub auth_probes: Vec<AuthProbe>,
+    /// What the unified REST API serves for this class's Connectors: an OpenAPI description
+    /// of the tool's API and list resources (see `crate::api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<crate::api::ClassApi>,
 }
 
 /// Rules for a Connector's address.
@@ -96,6 +100,10 @@ pub struct ParamSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub default: Option<String>,
+    /// Without a default, the value may still be left out (for example a registry's token
+    /// service that only some registries keep on another host).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -118,6 +126,10 @@ pub struct AuthType {
     /// A Connector of this auth type may omit the Secret (anonymous access).
     #[serde(default)]
     pub optional: bool,
+    /// The auth type a Connector gets when it names none and the class has several (at most
+    /// one auth type of a class sets it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
     /// Keys the Secret must hold (beyond what its type implies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -129,7 +141,7 @@ pub struct AuthType {
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
     /// How the proxy puts the credentials on each request. When absent it follows the Secret
-    /// type: `kubernetes.io/basic-auth` gives Basic, a Secret with a `token` key gives Bearer.
+    /// type: `kubernetes.io/basic-auth` gives Basic, any other a Bearer `token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injection: Option<Injection>,
 }
@@ -137,7 +149,9 @@ pub struct AuthType {
 /// How credentials go on the wire. Exactly one member is set.
 ///
 /// Values are templates: `${secret.KEY}` is replaced by the Secret's key, `${params.NAME}` by a
-/// Connector parameter.
+/// Connector parameter. `basic`, `bearer`, `header` and `query` put the same value on every
+/// request; `registryToken` exchanges the credentials for short-lived tokens at the registry's
+/// token service; `clientCertificate` presents a certificate in the TLS handshake.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Injection {
@@ -153,6 +167,68 @@ pub struct Injection {
     /// A query parameter with a templated value, e.g. `access_token=${secret.token}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<NamedTemplate>,
+    /// The OCI registry token flow: on a `Bearer` challenge the proxy gets a token from the
+    /// registry's token service (the realm) with these credentials (Basic; anonymously without
+    /// a Secret) and sends it; on a `Basic` challenge it sends these credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_token: Option<RegistryTokenInjection>,
+    /// A client certificate (PEM chain and key) presented to the tool in the TLS handshake;
+    /// nothing is added to the request, and the client's `Authorization` is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateInjection>,
+}
+
+/// The credentials a registry's token service (or a registry asking for Basic) gets.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryTokenInjection {
+    #[serde(default = "default_username")]
+    #[schemars(length(max = 1024))]
+    pub username: String,
+    #[serde(default = "default_password")]
+    #[schemars(length(max = 1024))]
+    pub password: String,
+}
+
+impl Default for RegistryTokenInjection {
+    fn default() -> Self {
+        Self {
+            username: default_username(),
+            password: default_password(),
+        }
+    }
+}
+
+/// Where the client certificate and its key are (templates; a `kubernetes.io/tls` Secret's
+/// keys by default).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateInjection {
+    /// The PEM certificate chain, leaf first.
+    #[serde(default = "default_tls_cert")]
+    #[schemars(length(max = 1024))]
+    pub certificate: String,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default = "default_tls_key")]
+    #[schemars(length(max = 1024))]
+    pub key: String,
+}
+
+impl Default for ClientCertificateInjection {
+    fn default() -> Self {
+        Self {
+            certificate: default_tls_cert(),
+            key: default_tls_key(),
+        }
+    }
+}
+
+fn default_tls_cert() -> String {
+    "${secret.tls.crt}".to_owned()
+}
+
+fn default_tls_key() -> String {
+    "${secret.tls.key}".to_owned()
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -246,7 +322,8 @@ pub struct HttpProbe {
 pub struct AuthProbe {
     #[schemars(length(min = 1, max = 63))]
     pub auth_name: String,
-    /// Values the Connector must give in `spec.auth.params` for this probe (e.g. a repository).
+    /// Values this probe needs from `spec.auth.params` (e.g. a repository). A Connector without
+    /// them is served all the same; the probe is skipped (`AuthReady` reason `NotProbed`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub params: Vec<ParamSpec>,

@@ -1,12 +1,17 @@
 //! Connectors resource types, group `connectors.io`, version `v1alpha1`, and the rules the
 //! controller and the agent share: address parsing, class validation, credential injection.
 
+pub mod access;
 pub mod address;
+pub mod api;
 pub mod assess;
 pub mod class;
 pub mod condition;
 pub mod connector;
 pub mod credentials;
+pub mod inject;
+pub mod node_api;
+pub mod path;
 pub mod probe;
 pub mod template;
 #[cfg(feature = "tls")]

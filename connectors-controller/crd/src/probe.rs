@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::class::HttpProbe;
 use crate::credentials::{Credential, CredentialError, SecretData};
+use crate::path::{Coverage, RequestPath};
 use crate::template::{self, Scope, TemplateError};
 use crate::validation::CheckedConnector;
 
@@ -45,10 +46,22 @@ pub enum ProbeError {
         field: String,
         source: CredentialError,
     },
+    #[error(
+        "{field}: the probe needs parameter '{param}', which the Connector does not set (spec.auth.params or spec.params)"
+    )]
+    MissingParam { field: String, param: String },
     #[error("{field}: '{method}' is not an HTTP method the probe can send (GET, HEAD, POST)")]
     Method { field: String, method: String },
     #[error("{field}: the rendered URL '{display}' is not valid (characters that need escaping?)")]
     Url { field: String, display: String },
+    #[error(
+        "{field}: the probe's URL '{display}' resolves outside the Connector's address {prefix}, so it is not sent (check the parameters the probe uses)"
+    )]
+    OutsidePrefix {
+        field: String,
+        display: String,
+        prefix: String,
+    },
     #[error("{field}: '{name}' is not a valid header name")]
     HeaderName { field: String, name: String },
     #[error("{field}: the rendered value is not a valid header value (control characters?)")]
@@ -157,14 +170,36 @@ pub fn build(
 
     let path_field = format!("{field}.http.path");
     let (path, path_display) = expand(&probe.path, &path_field, input)?;
-    let base = format!(
-        "{}://{}{}",
-        input.checked.address.scheme,
-        input.checked.address.authority(),
-        input.checked.address.path_prefix
-    );
-    let mut url = SecretString::from(format!("{base}{}", path.expose_secret()));
-    let mut display = format!("{base}{path_display}");
+    let address = &input.checked.address;
+    let base = format!("{}://{}", address.scheme, address.authority());
+    // The probe's path is under the Connector's address, resolved as the tool will resolve it:
+    // a parameter like `../other` must not take the credentials outside the prefix.
+    let joined = SecretString::from(format!("{}{}", address.path_prefix, path.expose_secret()));
+    let (raw_path, query) = match joined.expose_secret().split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (joined.expose_secret().to_owned(), None),
+    };
+    let shown_path = format!("{}{}", address.path_prefix, path_display);
+    let outside = || ProbeError::OutsidePrefix {
+        field: path_field.clone(),
+        display: format!("{base}{shown_path}"),
+        prefix: address.to_string(),
+    };
+    let resolved = RequestPath::parse(&raw_path).map_err(|_| outside())?;
+    if address.coverage(&resolved) != Coverage::Inside {
+        return Err(outside());
+    }
+    let path_and_query = match &query {
+        Some(q) => SecretString::from(format!("{resolved}?{q}")),
+        None => SecretString::from(resolved.to_string()),
+    };
+    // Shown normalized, unless secret values went into the path: then as the template made it,
+    // with them masked.
+    let mut display = if path_display == path.expose_secret() {
+        format!("{base}{}", path_and_query.expose_secret())
+    } else {
+        format!("{base}{shown_path}")
+    };
 
     let mut headers = HeaderMap::new();
     for (i, h) in probe.http_headers.iter().enumerate() {
@@ -186,22 +221,21 @@ pub fn build(
     }
 
     let with_credentials = input.credential.is_some();
-    match input.credential {
-        Some(Credential::Header { name, value }) => {
-            let mut value = value.clone();
-            value.set_sensitive(true);
-            headers.insert(name.clone(), value);
+    let url = match input.credential {
+        Some(c) => {
+            let sent = c.apply(&mut headers, path_and_query.expose_secret());
+            if let Credential::Query { name, .. } = c {
+                let sep = if display.contains('?') { '&' } else { '?' };
+                display = format!("{display}{sep}{name}=***");
+            }
+            SecretString::from(format!("{base}{sent}"))
         }
-        Some(Credential::Query { name, value }) => {
-            let sep = if display.contains('?') { '&' } else { '?' };
-            url = SecretString::from(format!(
-                "{}{sep}{name}={}",
-                url.expose_secret(),
-                value.expose_secret()
-            ));
-            display = format!("{display}{sep}{name}=***");
-        }
-        None => {}
+        None => SecretString::from(format!("{base}{}", path_and_query.expose_secret())),
+    };
+    if let Some(Credential::Header { name, .. }) = input.credential
+        && let Some(v) = headers.get_mut(name)
+    {
+        v.set_sensitive(true);
     }
 
     let uri = Uri::try_from(url.expose_secret()).map_err(|_| ProbeError::Url {
@@ -235,9 +269,15 @@ fn expand(
             source: e,
         });
     }
-    let real = real.map_err(|source| ProbeError::Template {
-        field: field.to_owned(),
-        source,
+    let real = real.map_err(|source| match source {
+        TemplateError::Missing(p) if p.starts_with("params.") => ProbeError::MissingParam {
+            field: field.to_owned(),
+            param: p.trim_start_matches("params.").to_owned(),
+        },
+        source => ProbeError::Template {
+            field: field.to_owned(),
+            source,
+        },
     })?;
     let shown = template::render(template, |scope, key| match scope {
         Scope::Secret => Some("***".to_owned()),
@@ -395,8 +435,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "spec.livenessProbe.http.path: '${params.nope}' has no value"
+            err,
+            ProbeError::MissingParam {
+                field: "spec.livenessProbe.http.path".into(),
+                param: "nope".into()
+            }
         );
         let err = build(
             ProbeKind::Auth,
@@ -415,6 +458,41 @@ mod tests {
             build(ProbeKind::Liveness, &p, "f", &input(&c, None, None)).unwrap_err(),
             ProbeError::Method { .. }
         ));
+    }
+
+    #[test]
+    fn probes_never_leave_the_prefix() {
+        for repo in [
+            "../other/x.git",
+            "x/../../other",
+            "%2e%2e/other",
+            "..%2Fother",
+        ] {
+            let c = checked("https://git.test/team", &[("repository", repo)]);
+            let err = build(
+                ProbeKind::Auth,
+                &probe("/${params.repository}/info/refs?service=git-upload-pack"),
+                "spec.authProbes[0].probe",
+                &input(&c, None, None),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, ProbeError::OutsidePrefix { .. }),
+                "{repo}: {err}"
+            );
+        }
+        let c = checked("https://git.test/team", &[("repository", "./app.git")]);
+        let r = build(
+            ProbeKind::Auth,
+            &probe("/${params.repository}/info/refs"),
+            "f",
+            &input(&c, None, None),
+        )
+        .unwrap();
+        assert_eq!(
+            r.uri().to_string(),
+            "https://git.test:443/team/app.git/info/refs"
+        );
     }
 
     #[test]

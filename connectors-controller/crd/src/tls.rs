@@ -5,8 +5,9 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use secrecy::ExposeSecret as _;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TrustError {
@@ -16,6 +17,8 @@ pub enum TrustError {
     Refused(String),
     #[error("TLS configuration: {0}")]
     Config(String),
+    #[error("client certificate: {0}")]
+    ClientCertificate(String),
 }
 
 /// The system's trusted roots, loaded once.
@@ -47,6 +50,16 @@ pub fn client_config(
     provider: Arc<CryptoProvider>,
     extra: &[CertificateDer<'static>],
 ) -> Result<ClientConfig, TrustError> {
+    client_config_with_identity(provider, extra, None)
+}
+
+/// As [`client_config`], presenting `identity` (a Connector's client certificate) when the
+/// tool asks for one.
+pub fn client_config_with_identity(
+    provider: Arc<CryptoProvider>,
+    extra: &[CertificateDer<'static>],
+    identity: Option<&crate::credentials::ClientIdentity>,
+) -> Result<ClientConfig, TrustError> {
     let mut roots = RootCertStore::empty();
     let (_added, _ignored) = roots.add_parsable_certificates(system_roots().iter().cloned());
     for c in extra {
@@ -54,12 +67,20 @@ pub fn client_config(
             .add(c.clone())
             .map_err(|e| TrustError::Refused(e.to_string()))?;
     }
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TrustError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .with_root_certificates(roots);
+    let Some(identity) = identity else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = parse_pem_certs(identity.certificate_pem.as_bytes())
+        .map_err(|_| TrustError::ClientCertificate("no PEM certificate in it".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.expose_secret().as_bytes())
+        .map_err(|_| TrustError::ClientCertificate("no PEM private key in it".into()))?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TrustError::ClientCertificate(e.to_string()))
 }
 
 #[cfg(test)]

@@ -82,6 +82,12 @@ pub fn validate_class(spec: &ConnectorClassSpec) -> Vec<FieldError> {
         "spec.auth.types",
         &mut errs,
     );
+    if spec.auth.types.iter().filter(|t| t.default).count() > 1 {
+        errs.push(FieldError::new(
+            "spec.auth.types",
+            "more than one auth type sets default: true",
+        ));
+    }
     for (i, t) in spec.auth.types.iter().enumerate() {
         let f = format!("spec.auth.types[{i}]");
         if t.secret_type.trim().is_empty() {
@@ -262,6 +268,7 @@ pub fn validate_connector(
                     format!("class default for '{}': {e}", p.name),
                 )),
             },
+            None if p.optional => {}
             None => errs.push(FieldError::new(
                 "spec.addressExtensions",
                 format!("the class requires an address extension named '{}'", p.name),
@@ -285,7 +292,7 @@ pub fn validate_connector(
         }
     }
     for p in &class.params {
-        if !params.contains_key(&p.name) {
+        if !params.contains_key(&p.name) && !p.optional {
             errs.push(FieldError::new(
                 "spec.params",
                 format!("the class requires a parameter named '{}'", p.name),
@@ -305,6 +312,25 @@ pub fn validate_connector(
         }),
         _ => Err(errs),
     }
+}
+
+/// The auth type and Secret a Connector names, as far as they can be made out even when its spec
+/// has other problems (so the Secret can still be checked and reported).
+pub fn auth_in_use<'c>(
+    connector: &'c Connector,
+    class: &ConnectorClassSpec,
+) -> Option<(AuthType, &'c str)> {
+    let auth = connector.spec.auth.as_ref()?;
+    let secret = auth.secret_ref.as_ref()?.name.as_str();
+    if secret.trim().is_empty() {
+        return None;
+    }
+    let t = match (&auth.name, class.auth.types.as_slice()) {
+        (Some(n), types) => types.iter().find(|t| &t.name == n)?,
+        (None, [only]) => only,
+        (None, types) => types.iter().find(|t| t.default)?,
+    };
+    Some((t.clone(), secret))
 }
 
 fn check_auth(
@@ -337,6 +363,9 @@ fn check_auth(
         },
         (None, [only]) => Some(only.clone()),
         (None, []) => None,
+        (None, types) if types.iter().any(|t| t.default) => {
+            types.iter().find(|t| t.default).cloned()
+        }
         (None, _) => {
             errs.push(FieldError::new(
                 "spec.auth.name",
@@ -385,25 +414,19 @@ fn check_auth(
     for p in auth.map(|a| a.params.as_slice()).unwrap_or_default() {
         params.insert(p.name.clone(), p.value.clone());
     }
+    // A parameter only the auth probe needs does not make the Connector invalid: the proxy
+    // serves it all the same, and the controller skips that probe and says which parameter
+    // would enable it. Probe parameters with defaults get them.
     for probe in class
         .auth_probes
         .iter()
         .filter(|p| p.auth_name == auth_type.name)
     {
         for p in &probe.params {
-            if !params.contains_key(&p.name) {
-                match &p.default {
-                    Some(d) => {
-                        params.insert(p.name.clone(), d.clone());
-                    }
-                    None => errs.push(FieldError::new(
-                        "spec.auth.params",
-                        format!(
-                            "the class's auth probe needs a parameter named '{}'",
-                            p.name
-                        ),
-                    )),
-                }
+            if !params.contains_key(&p.name)
+                && let Some(d) = &p.default
+            {
+                params.insert(p.name.clone(), d.clone());
             }
         }
     }
@@ -459,6 +482,15 @@ mod tests {
         assert_eq!(c.secret_name.as_deref(), Some("creds"));
         assert_eq!(c.auth_type.unwrap().name, "basicAuth");
         assert_eq!(c.params["repository"], "org/app.git");
+    }
+
+    #[test]
+    fn a_parameter_only_the_probe_needs_is_optional() {
+        let mut spec = good_spec();
+        spec.auth.as_mut().unwrap().params.clear();
+        let c = validate_connector(&connector(spec), &git_class()).unwrap();
+        assert!(!c.params.contains_key("repository"));
+        assert_eq!(c.secret_name.as_deref(), Some("creds"));
     }
 
     #[test]

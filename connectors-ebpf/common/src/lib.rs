@@ -27,6 +27,14 @@ pub mod names {
     pub const BY_TUPLE: &str = "BY_TUPLE";
     /// [`crate::Counter`] index -> `u64` per CPU: what the programs did.
     pub const COUNTERS: &str = "COUNTERS";
+    /// One [`crate::Settings`]: whether connections are filtered by workload.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// Workload cgroup id (`u64`) -> [`crate::WorkloadEntry`]: the pods whose connections are
+    /// redirected, when [`crate::Settings::filter`] is set.
+    pub const WORKLOADS: &str = "WORKLOADS";
+    /// One `u64`: the end of a hand-over (`bpf_ktime_get_ns` time), 0 when none is under way.
+    /// Past it the programs leave every connection alone.
+    pub const HANDOFF: &str = "HANDOFF";
 }
 
 /// Program names, as declared by the eBPF object.
@@ -34,12 +42,21 @@ pub mod programs {
     pub const CONNECT4: &str = "connect4";
     pub const CONNECT6: &str = "connect6";
     pub const SOCKOPS: &str = "sockops_established";
+    /// `cgroup_skb/egress` program attached to the redirected cgroups during a hand-over:
+    /// while [`names::HANDOFF`] holds a deadline not yet passed, the SYNs of new connections to
+    /// the transparent listener are dropped before they leave the pod (the client sends them
+    /// again a second later), so nothing is refused while no agent listens.
+    pub const PARK: &str = "park";
 }
 
 /// Capacity of the per-connection maps (LRU: the oldest entries go first when full).
 pub const CONNECTION_ENTRIES: u32 = 65_536;
 /// Capacity of the endpoint map.
 pub const ENDPOINT_ENTRIES: u32 = 16_384;
+/// Capacity of the workload map (pods per node).
+pub const WORKLOAD_ENTRIES: u32 = 8_192;
+/// Deepest cgroup level the programs look at for a workload.
+pub const MAX_LEVEL: u32 = 16;
 
 /// A 16-byte address, IPv4 mapped, network byte order.
 pub type Addr = [u32; 4];
@@ -86,11 +103,35 @@ pub struct ProxyTarget {
     pub port6: u16,
 }
 
+/// How the programs choose whose connections to redirect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// 0: every process of the cgroups the programs are attached to (standalone). 1: only
+    /// processes under a cgroup in the workload map, looked for among the ancestors of the
+    /// connecting task's cgroup at levels `min_level..=max_level` (Kubernetes mode: the
+    /// programs are attached once, at the pods' root).
+    pub filter: u32,
+    pub min_level: u32,
+    pub max_level: u32,
+    pub _pad: u32,
+}
+
+/// A workload the agent redirects.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadEntry {
+    /// Reserved for per-workload options; 1 means "redirect".
+    pub flags: u32,
+    pub _pad: u32,
+}
+
 /// A redirected connection's original destination and the workload it came from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Origin {
-    /// cgroup v2 id of the connecting task.
+    /// cgroup v2 id of the workload: the matched pod cgroup when filtering, else the
+    /// connecting task's own cgroup.
     pub cgroup_id: u64,
     /// Cookie of the connecting socket's network namespace.
     pub netns_cookie: u64,
@@ -130,10 +171,14 @@ pub enum Counter {
     Established = 3,
     /// The tuple map refused an entry.
     TupleInsertFailed = 4,
+    /// connect4/connect6 matched an endpoint from a process that is not a workload (filtering).
+    NotWorkload = 5,
+    /// park held back a SYN to the transparent listener during a hand-over.
+    Parked = 6,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS: u32 = 5;
+pub const COUNTERS: u32 = 7;
 
 #[cfg(feature = "user")]
 mod user {
@@ -144,6 +189,8 @@ mod user {
     unsafe impl aya::Pod for super::ProxyTarget {}
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::TupleKey {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::WorkloadEntry {}
 }
 
 #[cfg(test)]
@@ -158,6 +205,8 @@ mod tests {
         assert_eq!(size_of::<ProxyTarget>(), 24);
         assert_eq!(size_of::<Origin>(), 40);
         assert_eq!(size_of::<TupleKey>(), 36);
+        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<WorkloadEntry>(), 8);
     }
 
     #[test]

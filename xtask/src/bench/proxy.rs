@@ -87,7 +87,7 @@ pub fn run(args: &ProxyBenchArgs) -> anyhow::Result<()> {
     config.git_connector(&GitConnector {
         name: "git",
         address: server.url("git.test"),
-        repository: "big.git",
+        repository: None,
         secret: Some("creds"),
         ca_pem: Some(&ca.cert_pem),
     });
@@ -230,7 +230,7 @@ pub fn run(args: &ProxyBenchArgs) -> anyhow::Result<()> {
 }
 
 /// A bare repository `big.git` of `mb` MB of random (incompressible) files.
-fn create_big_repo(server: &GitServer, mb: u64) -> anyhow::Result<()> {
+pub(super) fn create_big_repo(server: &GitServer, mb: u64) -> anyhow::Result<()> {
     let bare = server.create_repo("big.git", &[("README.md", b"benchmark repository\n")]);
     let work = tempfile::tempdir()?;
     let w = work.path();

@@ -151,7 +151,7 @@ pub fn run(args: &RedirectBenchArgs) -> anyhow::Result<()> {
     config.git_connector(&GitConnector {
         name: "tool",
         address: "http://tool.test".into(),
-        repository: "repo.git",
+        repository: None,
         secret: Some("creds"),
         ca_pem: None,
     });
