@@ -73,17 +73,28 @@ impl KubeApiServer {
     /// Starts a server in a fresh temporary folder, or fails the test saying how to get what is
     /// missing.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`KubeApiServer::start`], with more kube-apiserver flags (e.g.
+    /// `--anonymous-auth=false`).
+    pub fn start_with(flags: &[&str]) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("kube-apiserver")
             .tempdir()
             .expect("tempdir");
-        let mut s = Self::try_start(tmp.path(), Lifetime::Owned).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = Self::try_start_with(tmp.path(), Lifetime::Owned, flags)
+            .unwrap_or_else(|e| panic!("{e}"));
         s._tmp = Some(tmp);
         s
     }
 
     /// Starts etcd and kube-apiserver with their data, certificates and logs in `dir`.
     pub fn try_start(dir: &Path, lifetime: Lifetime) -> Result<Self, String> {
+        Self::try_start_with(dir, lifetime, &[])
+    }
+
+    fn try_start_with(dir: &Path, lifetime: Lifetime, flags: &[&str]) -> Result<Self, String> {
         let bin = apiserver_binary();
         if !bin.is_file() {
             return Err(format!(
@@ -210,6 +221,7 @@ impl KubeApiServer {
         ))
         .arg(format!("--token-auth-file={}", tokens.display()))
         .arg(format!("--cert-dir={}", run.join("certs").display()))
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);

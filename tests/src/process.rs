@@ -2,9 +2,9 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::sync::Mutex;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A TCP port free on 127.0.0.1 right now, for a server a test starts.

@@ -40,6 +40,9 @@ static ENV: OnceLock<Env> = OnceLock::new();
 struct Env {
     kube_dir: PathBuf,
     admin_kubeconfig: PathBuf,
+    /// The API server's port and CA, for a k8s Connector to it.
+    kube_port: u16,
+    kube_ca: PathBuf,
     api: ApiCaller,
     git: GitServer,
     gitlab: JsonTool,
@@ -266,6 +269,8 @@ subjects: [{{kind: ServiceAccount, name: viewer, namespace: {NS}}}]
         let env = Env {
             kube_dir: kube.dir.clone(),
             admin_kubeconfig: kube.admin_kubeconfig.clone(),
+            kube_port: kube.port,
+            kube_ca: kube.ca_cert.clone(),
             api,
             git,
             gitlab,
@@ -892,6 +897,158 @@ fn apply_as_admin(e: &Env, yaml: &str) {
     let file = dir.path().join("object.yaml");
     std::fs::write(&file, yaml).expect("yaml");
     run_ok(kubectl(e).arg("apply").arg("-f").arg(&file));
+}
+
+/// Namespaces the k8s test creates, all named `api-ns-NN`.
+const TEST_NAMESPACES: usize = 27;
+
+#[test]
+fn k8s_namespaces_match_kubectl_through_a_connector_with_a_service_account_token() {
+    let e = env();
+    let mut objects = String::new();
+    for i in 0..TEST_NAMESPACES {
+        objects.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: api-ns-{i:02}}}\n---\n"
+        ));
+    }
+    // A ServiceAccount that may only read namespaces; its token is the Connector's credential.
+    objects.push_str(&format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: ns-lister, namespace: {NS}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: api-test-ns-lister}}
+rules: [{{apiGroups: [""], resources: [namespaces], verbs: [get, list]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: api-test-ns-lister}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: api-test-ns-lister}}
+subjects: [{{kind: ServiceAccount, name: ns-lister, namespace: {NS}}}]
+"#
+    ));
+    apply_as_admin(e, &objects);
+    let request = e.kube_dir.join("token-request-ns-lister.json");
+    std::fs::write(
+        &request,
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#,
+    )
+    .expect("token request");
+    let out = run_ok(
+        kubectl(e)
+            .args(["create", "--raw"])
+            .arg(format!(
+                "/api/v1/namespaces/{NS}/serviceaccounts/ns-lister/token"
+            ))
+            .arg("-f")
+            .arg(&request),
+    );
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("TokenRequest answer");
+    let lister = answer["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    e.api.never_show(&[lister.as_str()]);
+    let pem = std::fs::read_to_string(&e.kube_ca).expect("API server CA");
+    let pem: Vec<String> = pem.lines().map(|l| format!("    {l}")).collect();
+    apply_as_admin(
+        e,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: cluster-ca, namespace: {NS}}}
+stringData:
+  ca.crt: |
+{pem}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: cluster-token, namespace: {NS}}}
+type: connectors.io/bearer-token
+stringData: {{token: "{lister}"}}
+---
+apiVersion: connectors.io/v1alpha1
+kind: Connector
+metadata: {{name: cluster, namespace: {NS}}}
+spec:
+  connectorClassName: k8s
+  address: https://127.0.0.1:{port}
+  caCertSecretRef: {{name: cluster-ca}}
+  auth: {{name: bearerTokenAuth, secretRef: {{name: cluster-token}}}}
+"#,
+            pem = pem.join("\n"),
+            port = e.kube_port,
+        ),
+    );
+    let token = Some(e.viewer.as_str());
+    let base = format!("/connectors/v1alpha1/{NS}/cluster/path");
+    // Until the controller has the new Connector (and every test namespace shows).
+    let mut last = String::new();
+    let served = wait_until(Duration::from_secs(30), || {
+        let a = e.api.get(
+            &format!("{base}/k8s/namespaces?search=api-ns-&itemsPerPage=100"),
+            token,
+        );
+        last = format!("{} {}", a.status, a.body);
+        a.status == 200 && a.total() as usize == TEST_NAMESPACES
+    });
+    assert!(
+        served,
+        "k8s/namespaces never listed the test namespaces: {last}"
+    );
+
+    let out = run_ok(kubectl(e).args(["get", "ns", "-o", "name"]));
+    let mut all: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("namespace/"))
+        .map(str::to_owned)
+        .collect();
+    all.sort();
+    let a = ok(e.api.get(&format!("{base}/k8s/namespaces"), token));
+    assert_eq!(a.total() as usize, all.len(), "{}", a.body);
+    assert_eq!(a.names(), all.iter().take(20).cloned().collect::<Vec<_>>());
+    for (search, per_page, page) in [
+        ("api-ns-", 10, 1),
+        ("api-ns-", 10, 3),
+        ("ns-1", 5, 2),
+        ("none-such", 20, 1),
+    ] {
+        let expected: Vec<&String> = all.iter().filter(|n| n.contains(search)).collect();
+        let a = ok(e.api.get(
+            &format!("{base}/k8s/namespaces?search={search}&itemsPerPage={per_page}&page={page}"),
+            token,
+        ));
+        assert_eq!(a.total() as usize, expected.len(), "search {search}");
+        let want: Vec<String> = expected
+            .iter()
+            .skip(per_page * (page - 1))
+            .take(per_page)
+            .map(|s| (*s).clone())
+            .collect();
+        assert_eq!(a.names(), want, "search {search} page {page}");
+    }
+    // The Kubernetes API itself, relayed with the Connector's token: the ServiceAccount may
+    // list namespaces but not read Secrets, and the API server's own refusal comes back.
+    let a = ok(e
+        .api
+        .get(&format!("{base}/api/v1/namespaces/api-ns-03"), token));
+    assert_eq!(a.json()["metadata"]["name"], "api-ns-03");
+    let a = e
+        .api
+        .get(&format!("{base}/api/v1/namespaces/{NS}/secrets"), token);
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(
+        a.body.contains("ns-lister"),
+        "not the Connector's identity: {}",
+        a.body
+    );
+    // A caller without `get` on the Connector sees none of it.
+    e.api
+        .get(&format!("{base}/k8s/namespaces"), Some(e.nobody.as_str()))
+        .assert_status(403, "Forbidden");
 }
 
 #[test]

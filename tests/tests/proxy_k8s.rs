@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use connectors_tests::kube::kubectl_with;
-use connectors_tests::{AgentProcess, ConfigDir, KubeApiServer, run};
+use connectors_tests::{AgentProcess, ConfigDir, KubeApiServer, TestCa, run};
 
 const K8S_CLASS: &str = include_str!("../../deploy/classes/k8s.yaml");
 const PLACEHOLDER: &str = "placeholder-not-a-token";
@@ -25,7 +25,15 @@ impl Fixture {
     /// `https://kubernetes:PORT` (a name on the server's certificate), authenticating with
     /// `auth` (`(auth type, Secret YAML)`).
     fn new(auth: &str, secret_yaml: impl FnOnce(&KubeApiServer) -> String) -> Self {
-        let server = KubeApiServer::start();
+        Self::on(KubeApiServer::start(), auth, secret_yaml)
+    }
+
+    /// As [`Fixture::new`], against `server`.
+    fn on(
+        server: KubeApiServer,
+        auth: &str,
+        secret_yaml: impl FnOnce(&KubeApiServer) -> String,
+    ) -> Self {
         let config = ConfigDir::new();
         config.write("k8s-class.yaml", K8S_CLASS);
         let ca = std::fs::read_to_string(&server.ca_cert).expect("server CA");
@@ -180,21 +188,52 @@ fn a_watch_outlives_the_response_timeout() {
     agent.assert_never_shows(&[&f.server.admin_token]);
 }
 
+/// A `kubernetes.io/tls` Secret `cluster-login` holding `cert` and `key`.
+fn tls_secret(cert: &str, key: &str) -> String {
+    let indent = |p: &str| {
+        p.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: cluster-login, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
+        indent(cert),
+        indent(key)
+    )
+}
+
+#[test]
+fn a_client_certificate_the_server_rejects_is_reported_naming_the_connector() {
+    // An API server that refuses unauthenticated requests (no anonymous user), and a
+    // certificate from a CA it does not trust.
+    let server = KubeApiServer::start_with(&["--anonymous-auth=false"]);
+    let f = Fixture::on(server, "clientCertificateAuth", |_| {
+        let (cert, key) = TestCa::new("not-the-cluster-ca").client_cert("stranger", &[]);
+        tls_secret(&cert, &key)
+    });
+    let agent = f.agent(&[]);
+    for args in [&["get", "ns"][..], &["get", "pods", "-A"][..]] {
+        let out = run(f.kubectl_via(&agent).args(args));
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} worked: {}",
+            text(&out)
+        );
+        let shown = text(&out);
+        assert!(
+            shown.contains("default/cluster") && shown.contains("refused the client certificate"),
+            "kubectl {args:?} does not say which Connector and why: {shown}"
+        );
+    }
+    agent.assert_never_shows(&["PRIVATE KEY"]);
+}
+
 #[test]
 fn a_client_certificate_is_presented_for_the_workload() {
     let f = Fixture::new("clientCertificateAuth", |server| {
         let (cert, key) = server.client_cert("cert-admin", &["system:masters"]);
-        let indent = |p: &str| {
-            p.lines()
-                .map(|l| format!("    {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: cluster-login, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
-            indent(&cert),
-            indent(&key)
-        )
+        tls_secret(&cert, &key)
     });
     let agent = f.agent(&[]);
     let out = run(f.kubectl_via(&agent).args(["get", "ns", "-o", "name"]));
