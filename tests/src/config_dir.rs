@@ -22,6 +22,44 @@ pub struct GitConnector<'a> {
     pub ca_pem: Option<&'a str>,
 }
 
+/// A git server over TLS for `git.test` holding `repo.git` behind a password, and a config
+/// folder with a Connector `git` for it as the README tells a user to write one (address,
+/// basic-auth Secret `creds`, the tool's CA), with a hosts file naming `git.test`.
+pub struct TlsGitSetup {
+    pub ca: crate::TestCa,
+    pub server: crate::GitServer,
+    pub config: ConfigDir,
+    /// For the agent's `--hosts-file`.
+    pub hosts: PathBuf,
+}
+
+impl TlsGitSetup {
+    pub fn start(user: &str, password: &str) -> Self {
+        let ca = crate::TestCa::new("tools CA");
+        let server = crate::GitServer::start(crate::GitServerOptions {
+            tls: Some((&ca, vec!["git.test"])),
+            ..Default::default()
+        });
+        server.create_repo("repo.git", &[("README.md", b"hello\n")]);
+        let config = ConfigDir::new();
+        config.git_connector(&GitConnector {
+            name: "git",
+            address: server.url("git.test"),
+            repository: None,
+            secret: Some("creds"),
+            ca_pem: Some(&ca.cert_pem),
+        });
+        config.basic_auth_secret("creds", user, password);
+        let hosts = config.hosts_file(&[("127.0.0.1", "git.test")]);
+        Self {
+            ca,
+            server,
+            config,
+            hosts,
+        }
+    }
+}
+
 impl Default for ConfigDir {
     fn default() -> Self {
         Self::new()
@@ -77,9 +115,9 @@ impl ConfigDir {
         }
         if let Some(pem) = c.ca_pem {
             yaml.push_str(&format!(
-                "  caCertSecretRef: {{name: {name}-ca}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{pem}\n",
+                "  caCertSecretRef: {{name: {name}-ca}}\n---\n{secret}",
                 name = c.name,
-                pem = indent(pem, 4)
+                secret = ca_secret_yaml(&format!("{}-ca", c.name), "default", pem)
             ));
         }
         self.write(&format!("{}.yaml", c.name), &yaml);
@@ -96,7 +134,17 @@ impl ConfigDir {
     }
 }
 
-fn indent(text: &str, n: usize) -> String {
+/// A Secret `name` in `namespace` holding a CA certificate as `ca.crt`, for a Connector's
+/// `caCertSecretRef`.
+pub fn ca_secret_yaml(name: &str, namespace: &str, pem: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\nstringData:\n  ca.crt: |\n{}\n",
+        indent(pem, 4)
+    )
+}
+
+/// `text` with every line indented by `n` spaces, for a YAML block scalar (`ca.crt: |`).
+pub fn indent(text: &str, n: usize) -> String {
     let pad = " ".repeat(n);
     text.lines()
         .map(|l| format!("{pad}{l}"))

@@ -68,16 +68,25 @@ pub fn install(kube: &KubeApiServer) -> PathBuf {
 
 /// A token for a ServiceAccount (TokenRequest API, one hour).
 pub fn service_account_token(kube: &KubeApiServer, namespace: &str, name: &str) -> String {
-    let request = kube
-        .dir
-        .join(format!("token-request-{namespace}-{name}.json"));
+    service_account_token_via(&kube.admin_kubeconfig, &kube.dir, namespace, name)
+}
+
+/// As [`service_account_token`], asked with `kubeconfig` (an admin's), with the request and
+/// kubectl's cache in `dir`.
+pub fn service_account_token_via(
+    kubeconfig: &Path,
+    dir: &Path,
+    namespace: &str,
+    name: &str,
+) -> String {
+    let request = dir.join(format!("token-request-{namespace}-{name}.json"));
     std::fs::write(
         &request,
         r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#,
     )
     .expect("token request");
     let out = run_ok(
-        kube.kubectl()
+        crate::kube::kubectl_with(kubeconfig, dir)
             .args(["create", "--raw"])
             .arg(format!(
                 "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"

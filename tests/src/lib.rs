@@ -24,7 +24,7 @@ pub mod registry;
 pub mod token_issuer;
 
 pub use agent::AgentProcess;
-pub use config_dir::{ConfigDir, GitConnector};
+pub use config_dir::{ConfigDir, GitConnector, TlsGitSetup, ca_secret_yaml, indent};
 pub use controller::ControllerProcess;
 pub use git_server::{GitServer, GitServerOptions};
 pub use kube::KubeApiServer;

@@ -243,11 +243,11 @@ impl OciConnector<'_> {
                 "  auth: {{name: {auth}, secretRef: {{name: {secret}}}}}\n"
             ));
         }
-        let pem: Vec<String> = self.ca_pem.lines().map(|l| format!("    {l}")).collect();
-        y.push_str(&format!(
-            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {}-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{}\n",
-            self.name,
-            pem.join("\n")
+        y.push_str("---\n");
+        y.push_str(&crate::config_dir::ca_secret_yaml(
+            &format!("{}-ca", self.name),
+            "default",
+            self.ca_pem,
         ));
         y
     }

@@ -835,7 +835,7 @@ impl OciFixture {
             started.elapsed().as_secs_f64()
         );
         let pem = std::fs::read_to_string(&ca_file).expect("CA");
-        let pem: Vec<String> = pem.lines().map(|l| format!("    {l}")).collect();
+        let pem = connectors_tests::indent(&pem, 4);
         apply_as_admin(
             e,
             &format!(
@@ -862,7 +862,6 @@ spec:
   caCertSecretRef: {{name: registry-ca}}
   auth: {{name: basicAuth, secretRef: {{name: registry-login}}}}
 "#,
-                pem = pem.join("\n")
             ),
         );
         Self { registry, ca_dir }
@@ -930,29 +929,11 @@ subjects: [{{kind: ServiceAccount, name: ns-lister, namespace: {NS}}}]
 "#
     ));
     apply_as_admin(e, &objects);
-    let request = e.kube_dir.join("token-request-ns-lister.json");
-    std::fs::write(
-        &request,
-        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{"expirationSeconds":3600}}"#,
-    )
-    .expect("token request");
-    let out = run_ok(
-        kubectl(e)
-            .args(["create", "--raw"])
-            .arg(format!(
-                "/api/v1/namespaces/{NS}/serviceaccounts/ns-lister/token"
-            ))
-            .arg("-f")
-            .arg(&request),
-    );
-    let answer: serde_json::Value = serde_json::from_str(&out).expect("TokenRequest answer");
-    let lister = answer["status"]["token"]
-        .as_str()
-        .expect("a token")
-        .to_owned();
+    let lister =
+        controller::service_account_token_via(&e.admin_kubeconfig, &e.kube_dir, NS, "ns-lister");
     e.api.never_show(&[lister.as_str()]);
     let pem = std::fs::read_to_string(&e.kube_ca).expect("API server CA");
-    let pem: Vec<String> = pem.lines().map(|l| format!("    {l}")).collect();
+    let pem = connectors_tests::indent(&pem, 4);
     apply_as_admin(
         e,
         &format!(
@@ -979,7 +960,6 @@ spec:
   caCertSecretRef: {{name: cluster-ca}}
   auth: {{name: bearerTokenAuth, secretRef: {{name: cluster-token}}}}
 "#,
-            pem = pem.join("\n"),
             port = e.kube_port,
         ),
     );

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use connectors_tests::agent::http_get;
 use connectors_tests::git_server::git_in;
-use connectors_tests::{
-    AgentProcess, ConfigDir, GitConnector, GitServer, GitServerOptions, TestCa, run, wait_until,
-};
+use connectors_tests::{AgentProcess, ConfigDir, GitServer, TestCa, TlsGitSetup, run, wait_until};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct-horse";
@@ -27,22 +25,12 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> (Self, TestCa) {
-        let ca = TestCa::new("tools CA");
-        let server = GitServer::start(GitServerOptions {
-            tls: Some((&ca, vec!["git.test"])),
-            ..Default::default()
-        });
-        server.create_repo("repo.git", &[("README.md", b"hello\n")]);
-        let config = ConfigDir::new();
-        config.git_connector(&GitConnector {
-            name: "git",
-            address: server.url("git.test"),
-            repository: None,
-            secret: Some("creds"),
-            ca_pem: Some(&ca.cert_pem),
-        });
-        config.basic_auth_secret("creds", USER, PASSWORD);
-        let hosts = config.hosts_file(&[("127.0.0.1", "git.test")]);
+        let TlsGitSetup {
+            ca,
+            server,
+            config,
+            hosts,
+        } = TlsGitSetup::start(USER, PASSWORD);
         (
             Self {
                 server,

@@ -8,9 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use connectors_tests::git_server::git_in;
-use connectors_tests::{
-    AgentProcess, ConfigDir, GitConnector, GitServer, GitServerOptions, TestCa, run,
-};
+use connectors_tests::{AgentProcess, TlsGitSetup, run};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct-horse";
@@ -70,22 +68,12 @@ fn closed_by_agent(s: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn idle_connections_from_one_client_do_not_stop_another() {
-    let ca = TestCa::new("tools CA");
-    let server = GitServer::start(GitServerOptions {
-        tls: Some((&ca, vec!["git.test"])),
-        ..Default::default()
-    });
-    server.create_repo("repo.git", &[("README.md", b"hello\n")]);
-    let config = ConfigDir::new();
-    config.git_connector(&GitConnector {
-        name: "git",
-        address: server.url("git.test"),
-        repository: None,
-        secret: Some("creds"),
-        ca_pem: Some(&ca.cert_pem),
-    });
-    config.basic_auth_secret("creds", USER, PASSWORD);
-    let hosts = config.hosts_file(&[("127.0.0.1", "git.test")]);
+    let TlsGitSetup {
+        server,
+        config,
+        hosts,
+        ..
+    } = TlsGitSetup::start(USER, PASSWORD);
     let agent = AgentProcess::start(
         config.path(),
         "info",

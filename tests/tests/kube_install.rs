@@ -188,7 +188,7 @@ fn the_install_lifecycle() {
         ..Default::default()
     });
     server.create_repo("repo.git", &[("README.md", b"hello\n")]);
-    let pem: String = ca.cert_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let pem = connectors_tests::indent(&ca.cert_pem, 4);
     // As an admin would: the permission first, then the Connector (a decision made before the
     // RoleBinding existed is cached for the authorization TTL, 10 s).
     node.apply(&format!(
@@ -217,7 +217,8 @@ kind: Secret
 metadata: {{name: tool-ca, namespace: {ns}}}
 stringData:
   ca.crt: |
-{pem}---
+{pem}
+---
 apiVersion: connectors.io/v1alpha1
 kind: Connector
 metadata: {{name: git, namespace: {ns}}}

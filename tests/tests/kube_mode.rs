@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use connectors_tests::cluster::{INJECT_LABEL as LABEL, Installed, TOOLS_IP, ToolsPod};
 use connectors_tests::node::{KubeNode, TOOLS_IMAGE};
-use connectors_tests::{GitServer, GitServerOptions, TestCa};
+use connectors_tests::{GitServer, GitServerOptions, TestCa, indent};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct-horse";
@@ -123,14 +123,6 @@ data:
         }
     });
     (turn, w)
-}
-
-fn indent(text: &str, n: usize) -> String {
-    let pad = " ".repeat(n);
-    text.lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 impl World {

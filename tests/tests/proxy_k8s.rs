@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use connectors_tests::kube::kubectl_with;
-use connectors_tests::{AgentProcess, ConfigDir, KubeApiServer, TestCa, run};
+use connectors_tests::{
+    AgentProcess, ConfigDir, KubeApiServer, TestCa, ca_secret_yaml, indent, run,
+};
 
 const K8S_CLASS: &str = include_str!("../../deploy/classes/k8s.yaml");
 const PLACEHOLDER: &str = "placeholder-not-a-token";
@@ -37,13 +39,12 @@ impl Fixture {
         let config = ConfigDir::new();
         config.write("k8s-class.yaml", K8S_CLASS);
         let ca = std::fs::read_to_string(&server.ca_cert).expect("server CA");
-        let pem: Vec<String> = ca.lines().map(|l| format!("    {l}")).collect();
         config.write(
             "cluster.yaml",
             &format!(
-                "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: cluster, namespace: default}}\nspec:\n  connectorClassName: k8s\n  address: https://kubernetes:{port}\n  auth: {{name: {auth}, secretRef: {{name: cluster-login}}}}\n  caCertSecretRef: {{name: cluster-ca}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: cluster-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{pem}\n",
+                "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: cluster, namespace: default}}\nspec:\n  connectorClassName: k8s\n  address: https://kubernetes:{port}\n  auth: {{name: {auth}, secretRef: {{name: cluster-login}}}}\n  caCertSecretRef: {{name: cluster-ca}}\n---\n{secret}",
                 port = server.port,
-                pem = pem.join("\n"),
+                secret = ca_secret_yaml("cluster-ca", "default", &ca),
             ),
         );
         config.write("cluster-login.yaml", &secret_yaml(&server));
@@ -190,16 +191,10 @@ fn a_watch_outlives_the_response_timeout() {
 
 /// A `kubernetes.io/tls` Secret `cluster-login` holding `cert` and `key`.
 fn tls_secret(cert: &str, key: &str) -> String {
-    let indent = |p: &str| {
-        p.lines()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: cluster-login, namespace: default}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
-        indent(cert),
-        indent(key)
+        indent(cert, 4),
+        indent(key, 4)
     )
 }
 

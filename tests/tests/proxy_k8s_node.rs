@@ -11,17 +11,10 @@ use std::time::{Duration, Instant};
 
 use connectors_tests::kube::kubectl_with;
 use connectors_tests::node::{API_PORT, KubeNode, tools_pod_yaml};
-use connectors_tests::{AgentProcess, ConfigDir, free_port, run};
+use connectors_tests::{AgentProcess, ConfigDir, ca_secret_yaml, free_port, run};
 
 const K8S_CLASS: &str = include_str!("../../deploy/classes/k8s.yaml");
 const PLACEHOLDER: &str = "placeholder-not-a-token";
-
-fn indent(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 fn text(o: &std::process::Output) -> String {
     format!(
@@ -41,8 +34,8 @@ fn config_for(node: &KubeNode) -> (ConfigDir, PathBuf) {
     config.write(
         "cluster.yaml",
         &format!(
-            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: cluster, namespace: default}}\nspec:\n  connectorClassName: k8s\n  address: https://kubernetes:{API_PORT}\n  auth: {{name: bearerTokenAuth, secretRef: {{name: cluster-login}}}}\n  caCertSecretRef: {{name: cluster-ca}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: cluster-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: cluster-login, namespace: default}}\ntype: connectors.io/bearer-token\nstringData: {{token: \"{}\"}}\n",
-            indent(&ca),
+            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: cluster, namespace: default}}\nspec:\n  connectorClassName: k8s\n  address: https://kubernetes:{API_PORT}\n  auth: {{name: bearerTokenAuth, secretRef: {{name: cluster-login}}}}\n  caCertSecretRef: {{name: cluster-ca}}\n---\n{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: cluster-login, namespace: default}}\ntype: connectors.io/bearer-token\nstringData: {{token: \"{}\"}}\n",
+            ca_secret_yaml("cluster-ca", "default", &ca),
             node.admin_token
         ),
     );
@@ -159,15 +152,13 @@ fn kubectl_exec_and_port_forward_work_through_the_proxy_with_a_placeholder_token
     let served =
         connectors_tests::wait_until(Duration::from_secs(20), || ls_remote().status.success());
     assert!(served, "git ls-remote never worked: {}", text(&ls_remote()));
-    let mut ok = 0;
+    // The tunnel carries one connection after another.
     for _ in 0..3 {
         let out = ls_remote();
         assert!(out.status.success(), "git ls-remote: {}", text(&out));
-        ok += 1;
     }
     let _ = forward.kill();
     let _ = forward.wait();
-    assert_eq!(ok, 3);
 
     // `kubernetes` resolves nowhere but in the agent's hosts file, so these went through it;
     // and the apiserver refuses the placeholder, so it got the Connector's token instead.

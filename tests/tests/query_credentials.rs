@@ -56,12 +56,8 @@ fn an_injected_query_credential_never_comes_back_in_response_headers() {
     config.write(
         "connector.yaml",
         &format!(
-            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: tok, namespace: default}}\nspec:\n  connectorClassName: tokened\n  address: https://git.test:{port}/team\n  auth: {{secretRef: {{name: tok}}}}\n  caCertSecretRef: {{name: tok-ca}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: tok, namespace: default}}\ntype: Opaque\nstringData: {{token: {TOKEN}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: tok-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{}\n",
-            ca.cert_pem
-                .lines()
-                .map(|l| format!("    {l}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: tok, namespace: default}}\nspec:\n  connectorClassName: tokened\n  address: https://git.test:{port}/team\n  auth: {{secretRef: {{name: tok}}}}\n  caCertSecretRef: {{name: tok-ca}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: tok, namespace: default}}\ntype: Opaque\nstringData: {{token: {TOKEN}}}\n---\n{}",
+            connectors_tests::ca_secret_yaml("tok-ca", "default", &ca.cert_pem)
         ),
     );
     let hosts = config.hosts_file(&[("127.0.0.1", "git.test")]);

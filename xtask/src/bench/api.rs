@@ -149,13 +149,12 @@ pub fn run(args: &ApiBenchArgs) -> anyhow::Result<()> {
         ca_pem: None,
     });
     let pem = std::fs::read_to_string(&ca_file)?;
-    let pem: Vec<String> = pem.lines().map(|l| format!("    {l}")).collect();
     dir.write(
         "registry.yaml",
         &format!(
-            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: registry, namespace: default}}\nspec:\n  connectorClassName: oci\n  address: {}\n  caCertSecretRef: {{name: registry-ca}}\n  auth: {{name: basicAuth, secretRef: {{name: credentials}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: registry-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{}\n",
+            "apiVersion: connectors.io/v1alpha1\nkind: Connector\nmetadata: {{name: registry, namespace: default}}\nspec:\n  connectorClassName: oci\n  address: {}\n  caCertSecretRef: {{name: registry-ca}}\n  auth: {{name: basicAuth, secretRef: {{name: credentials}}}}\n---\n{}",
             registry.url("127.0.0.1"),
-            pem.join("\n")
+            connectors_tests::ca_secret_yaml("registry-ca", "default", &pem)
         ),
     );
     let cold = start_agent(&bin, &dir, "0");

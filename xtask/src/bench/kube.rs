@@ -51,7 +51,7 @@ pub fn run(args: &KubeBenchArgs) -> anyhow::Result<()> {
     eprintln!("creating a {} MB repository...", args.repo_mb);
     super::proxy::create_big_repo(&server, args.repo_mb)?;
     let ns = node.create_namespace("bench").map_err(anyhow::Error::msg)?;
-    let pem: String = ca.cert_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let pem = connectors_tests::indent(&ca.cert_pem, 4);
     node.apply(&format!(
         r#"apiVersion: v1
 kind: Secret
@@ -64,13 +64,15 @@ kind: Secret
 metadata: {{name: ca, namespace: {ns}}}
 stringData:
   ca.crt: |
-{pem}---
+{pem}
+---
 apiVersion: v1
 kind: ConfigMap
 metadata: {{name: tools-ca, namespace: {ns}}}
 data:
   ca.crt: |
-{pem}---
+{pem}
+---
 apiVersion: connectors.io/v1alpha1
 kind: Connector
 metadata: {{name: git, namespace: {ns}}}
