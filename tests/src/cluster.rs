@@ -143,6 +143,23 @@ impl Installed {
         }
     }
 
+    /// Follows the running agent pod's log into a file for as long as the pod lives (its log
+    /// goes with it): for a test that restarts the agent and needs the log of the one it stopped.
+    pub fn follow_agent_log(&self) -> Result<FollowedLog, String> {
+        let pod = self.agent_pod()?;
+        let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+        let out = file.reopen().map_err(|e| e.to_string())?;
+        let child = self
+            .node
+            .kubectl()
+            .args(["-n", SYSTEM_NAMESPACE, "logs", "-f", &pod])
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("kubectl logs -f: {e}"))?;
+        Ok(FollowedLog { pod, child, file })
+    }
+
     /// The controller replicas' logs.
     pub fn controller_log(&self) -> String {
         self.kubectl(&[
@@ -163,6 +180,27 @@ impl Installed {
         crate::agent::http_get(addr.parse().expect("address"), "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default()
+    }
+}
+
+/// An agent pod's log, followed into a file (see [`Installed::follow_agent_log`]).
+pub struct FollowedLog {
+    pub pod: String,
+    child: std::process::Child,
+    file: tempfile::NamedTempFile,
+}
+
+impl FollowedLog {
+    /// What the pod has logged so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(self.file.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for FollowedLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -406,6 +406,7 @@ spec:
     node.wait_pod_ready(&ns, "restart-loop", Duration::from_secs(60))
         .expect("ready");
     std::thread::sleep(Duration::from_secs(5));
+    let stopped_agent = reinstalled.follow_agent_log().expect("agent log");
     kubectl(
         node,
         &[
@@ -418,6 +419,14 @@ spec:
     );
     let log = wait_finished(node, &ns, "restart-loop", Duration::from_secs(300));
     let (ok, failed) = tally(&log);
+    let agents = || {
+        format!(
+            "stopped agent {}:\n{}\nnext agent:\n{}",
+            stopped_agent.pod,
+            stopped_agent.text(),
+            reinstalled.agent_log()
+        )
+    };
     println!(
         "rolling restart during a clone loop: {ok} ok, {} failed: {failed:?}",
         failed.len()
@@ -429,15 +438,21 @@ spec:
             !f.contains("Connection refused")
                 && !f.contains("reset by peer")
                 && !f.contains("Empty reply"),
-            "a clone was sent to a dead proxy: {f}"
+            "a clone was sent to a dead proxy: {f}\n{}",
+            agents()
         );
     }
-    assert!(ok >= 40, "clones did not resume after the restart: {log}");
+    assert!(
+        ok >= 40,
+        "clones did not resume after the restart: {log}\n{}",
+        agents()
+    );
     assert!(
         failed.is_empty(),
-        "{} of {} clones failed during the rolling restart: {failed:?}",
+        "{} of {} clones failed during the rolling restart: {failed:?}\n{}",
         failed.len(),
-        ok + failed.len()
+        ok + failed.len(),
+        agents()
     );
     let pod = reinstalled.agent_pod().expect("agent pod");
     let agent_log = kubectl(node, &["-n", SYSTEM_NAMESPACE, "logs", &pod]);

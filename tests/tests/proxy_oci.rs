@@ -326,8 +326,9 @@ fn htpasswd_registry_push_and_pull_with_manifests_of_every_kind() {
         ),
     );
     assert!(
-        !out.status.success(),
-        "direct push without credentials worked"
+        !out.status.success() && output_text(&out).to_lowercase().contains("unauthorized"),
+        "a direct push without credentials was not refused by the registry: {}",
+        output_text(&out)
     );
     f.assert_no_secrets_shown(&agent);
 }
@@ -412,6 +413,11 @@ fn a_wrong_password_is_reported_naming_the_connector() {
     let client = f.client_via(&agent);
     let out = push(&client, &src, "v1", &format!("{}:v1", f.remote("team/app")));
     assert!(!out.status.success(), "push with a wrong password worked");
+    let text = output_text(&out);
+    assert!(
+        text.contains("default/reg") && text.contains("refused the credentials"),
+        "the push failed without naming the Connector and the cause: {text}"
+    );
     let out = run(&mut client.inspect(&format!("{}:v1", f.remote("team/app")), true));
     assert!(
         !out.status.success(),

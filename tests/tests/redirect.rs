@@ -37,6 +37,8 @@ struct Fixture {
     config: ConfigDir,
     hosts: PathBuf,
     proxy: SocketAddr,
+    /// `--handoff-dir`, when the agent hands its redirect over on SIGTERM.
+    handoff: Option<PathBuf>,
     work: tempfile::TempDir,
     pods: Vec<Pod>,
     lab: Lab,
@@ -116,6 +118,7 @@ impl Fixture {
             config,
             hosts,
             proxy,
+            handoff: None,
             work: tempfile::tempdir().expect("tempdir"),
             pods,
             lab,
@@ -134,6 +137,10 @@ impl Fixture {
         for pod in &self.pods {
             args.push("--redirect-cgroup".to_owned());
             args.push(pod.cgroup.display().to_string());
+        }
+        if let Some(dir) = &self.handoff {
+            args.push("--handoff-dir".to_owned());
+            args.push(dir.display().to_string());
         }
         args
     }
@@ -588,6 +595,96 @@ fn a_stopping_agent_detaches_first_then_drains() {
         SIZE.to_string(),
         "the transfer in flight was cut\n{}",
         f.context()
+    );
+}
+
+/// A bpf file system of the test's own (pins live nowhere else), unmounted when dropped.
+struct BpfFs(tempfile::TempDir);
+
+impl BpfFs {
+    fn mount() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(dir.path()),
+        );
+        Self(dir)
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// A restart with a hand-over (a rolling restart of the DaemonSet, here by hand): the stopping
+/// agent leaves its redirect attached and parks new connections (their SYNs dropped in the pod:
+/// a local drop, retried by the client's kernel every half second) until the next agent
+/// listens; a connection opened while no agent runs is served by the next one, soon after it
+/// starts, with the credentials.
+#[test]
+fn a_connection_opened_while_no_agent_runs_is_parked_and_served_by_the_next_agent() {
+    let mut f = Fixture::new(1);
+    let bpffs = BpfFs::mount();
+    f.handoff = Some(bpffs.0.path().join("connectors"));
+    f.agent = None;
+    f.start_agent();
+    let pod = &f.pods[0];
+    let url = "http://plain.test/repo.git/info/refs?service=git-upload-pack";
+    assert_eq!(f.status_in(pod, url), "200", "{}", f.context());
+
+    let mut previous = f.agent.take().expect("agent");
+    previous.stop();
+    let previous_log = previous.log();
+    assert!(
+        previous_log.contains("redirect handed over"),
+        "the stopping agent did not hand its redirect over:\n{previous_log}"
+    );
+    let parked = Instant::now();
+    let client = pod
+        .wrap(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "60",
+            "-w",
+            "%{http_code}",
+            url,
+        ]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_secs(10));
+    let restarted = Instant::now();
+    f.start_agent();
+    let out = client.wait_with_output().expect("curl");
+    let after_restart = restarted.elapsed();
+    let log = f.agent().log();
+    assert!(
+        log.contains("took the redirect over"),
+        "the next agent did not take the redirect over\n{}",
+        f.context()
+    );
+    // A 200: the server asks for alice's password, so it went through the next agent.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "the connection parked for {:?} was not served (curl: {})\nprevious agent:\n{previous_log}\n{}",
+        parked.elapsed(),
+        String::from_utf8_lossy(&out.stderr),
+        f.context()
+    );
+    assert!(
+        after_restart < Duration::from_secs(5),
+        "the parked connection came in {after_restart:?} after the next agent started"
+    );
+    eprintln!(
+        "parked for {:?}, served {after_restart:?} after the next agent started",
+        parked.elapsed()
     );
 }
 

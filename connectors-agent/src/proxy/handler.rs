@@ -81,7 +81,7 @@ pub async fn handle(
                 "refused: {refusal}"
             );
             shared.metrics.refusal(refusal.code());
-            refusal.into_response().map(Audited::plain)
+            refusal.into_response_to(&method).map(Audited::plain)
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use connectors_crd::ConnectorId;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 
 use super::ProxyBody;
@@ -180,11 +180,74 @@ impl Refusal {
         h.insert(REFUSAL_HEADER, HeaderValue::from_static(self.code()));
         resp
     }
+
+    /// [`Refusal::into_response`] for a request of `method`. A registry refusal of a `HEAD`
+    /// (image clients ask whether a blob or manifest exists that way) has no body to tell its
+    /// reason, so it is told in the one place image clients read then: a bearer challenge's
+    /// `error_description` (RFC 6750 section 3), with no realm, since there is nothing the
+    /// client could log in to. Never on a `GET`: a client's first `GET /v2/` keeps the
+    /// challenge it gets for every later request.
+    pub fn into_response_to(self, method: &Method) -> Response<ProxyBody> {
+        let challenge = match (&self, method == Method::HEAD) {
+            (Refusal::Registry(_), true) => {
+                let error = if self.status() == StatusCode::FORBIDDEN {
+                    "insufficient_scope"
+                } else {
+                    "invalid_token"
+                };
+                let description: String = format!("connectors: {self}")
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .map(|c| if c == '"' || c == '\\' { '\'' } else { c })
+                    .collect();
+                HeaderValue::try_from(format!(
+                    "Bearer error=\"{error}\", error_description=\"{description}\""
+                ))
+                .ok()
+            }
+            _ => None,
+        };
+        let mut resp = self.into_response();
+        if let Some(c) = challenge {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+        }
+        resp
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_refusal_of_a_head_tells_its_reason_in_a_challenge() {
+        let refusal = || {
+            Refusal::Registry(Box::new(Refusal::CredentialsRefused {
+                id: ConnectorId::new("default", "reg"),
+                authority: "registry.test:443".into(),
+                status: 401,
+            }))
+        };
+        let head = refusal().into_response_to(&Method::HEAD);
+        assert_eq!(head.status(), StatusCode::UNAUTHORIZED);
+        let challenge = head.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\""),
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains("Connector default/reg") && !challenge.contains("realm"),
+            "{challenge}"
+        );
+        // A GET keeps its JSON body and gets no challenge; other refusals never get one.
+        let get = refusal().into_response_to(&Method::GET);
+        assert!(!get.headers().contains_key(header::WWW_AUTHENTICATE));
+        let plain = Refusal::NoConnector {
+            target: "x.test:443".into(),
+        }
+        .into_response_to(&Method::HEAD);
+        assert!(!plain.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
 
     #[test]
     fn bodies_name_the_reason() {

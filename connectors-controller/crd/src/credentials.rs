@@ -748,6 +748,48 @@ mod tests {
     }
 
     #[test]
+    fn ported_secret_types_fit_the_auth_types_asking_for_ours() {
+        let bearer = AuthType {
+            name: "bearerTokenAuth".into(),
+            secret_type: SECRET_TYPE_BEARER_TOKEN.into(),
+            injection: Some(Injection {
+                bearer: Some(BearerInjection {
+                    token: "${secret.token}".into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ported = SecretData::from_values(
+            "connectors.cpaas.io/bearer-token",
+            [("token", "sa-token-123")],
+        );
+        check_secret(&bearer, &ported).unwrap();
+        let Credential::Header { name, value } =
+            render(&bearer, &ported, &BTreeMap::new()).unwrap()
+        else {
+            panic!("not a header")
+        };
+        assert_eq!(name, http::header::AUTHORIZATION);
+        assert_eq!(value.to_str().unwrap(), "Bearer sa-token-123");
+        assert!(secret_type_fits(
+            SECRET_TYPE_REGISTRY_TOKEN,
+            "cpaas.io/distribution-registry-token"
+        ));
+        // Neither alias stands for the other, nor for an unrelated type.
+        let other =
+            SecretData::from_values("cpaas.io/distribution-registry-token", [("token", "x")]);
+        assert!(matches!(
+            check_secret(&bearer, &other).unwrap_err(),
+            CredentialError::SecretType { .. }
+        ));
+        assert!(!secret_type_fits(
+            SECRET_TYPE_BEARER_TOKEN,
+            SECRET_TYPE_OPAQUE
+        ));
+    }
+
+    #[test]
     fn injection_shape_is_checked() {
         let both = Injection {
             basic: Some(BasicInjection::default()),
