@@ -218,8 +218,9 @@ pub struct Args {
     pub response_timeout: Duration,
 
     /// Seconds a workload connection may take from its first byte (or from accept) to a complete
-    /// request head, TLS handshake included.
-    #[arg(long, env = "CONNECTORS_HEADER_TIMEOUT", default_value = "10", value_parser = seconds)]
+    /// request head, TLS handshake included. Long enough for a client starved of CPU (a node
+    /// starting a hundred pods); the per-peer cap, not this, bounds what a stalling client holds.
+    #[arg(long, env = "CONNECTORS_HEADER_TIMEOUT", default_value = "30", value_parser = seconds)]
     pub header_timeout: Duration,
 
     /// Seconds a keep-alive workload connection may sit idle between requests.

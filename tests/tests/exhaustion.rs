@@ -15,7 +15,7 @@ const PASSWORD: &str = "correct-horse";
 const ATTACKER: [u8; 4] = [127, 0, 0, 2];
 /// The agent's defaults (`--max-connections-per-peer`, `--header-timeout`).
 const PER_PEER: usize = 512;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connection from the attacker's address.
 fn connect_from_attacker(to: SocketAddr) -> std::io::Result<TcpStream> {

@@ -66,12 +66,21 @@ pub async fn accept_loop<F, Fut>(
         }
         let activity = Activity::new(shared.settings.timeouts, lease);
         if let Some((conn, span)) = serve(stream, peer, activity.clone()) {
+            let metrics = shared.metrics.clone();
             shared.tasks.spawn(
                 async move {
                     tokio::select! {
                         () = conn => {}
                         () = activity.expired() => {
-                            tracing::debug!("closing a silent or idle connection");
+                            if activity.in_head() {
+                                // A client that connected and did not complete its TLS
+                                // handshake and request head in time: an attack, or a client
+                                // starved of CPU. Either way it shows.
+                                tracing::info!("closing a connection with no complete request head within the header timeout");
+                                metrics.refusal("header-timeout");
+                            } else {
+                                tracing::debug!("closing an idle connection");
+                            }
                         }
                     }
                 }

@@ -38,7 +38,7 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            header: Duration::from_secs(10),
+            header: Duration::from_secs(30),
             idle: Duration::from_secs(60),
         }
     }
@@ -93,6 +93,12 @@ impl Activity {
             let head = now_ms().saturating_add(ms(self.timeouts.header));
             self.deadline.fetch_min(head, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the connection is (or was, when it expired) within a request head or its TLS
+    /// handshake, rather than idle between requests.
+    pub fn in_head(&self) -> bool {
+        self.head_started.load(Ordering::Relaxed)
     }
 
     /// A request (or upgraded stream) starts.
