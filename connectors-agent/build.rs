@@ -5,6 +5,9 @@
 //!   (`~/.cache/connectors/tools-<toolchain>/bin`), else from PATH.
 //! - `-Z build-std=core` is needed for the BPF target; `RUSTC_BOOTSTRAP=1` is set for the child
 //!   cargo only (this build script's environment), never for the workspace.
+//! - The object is built once per target folder (`<target>/ebpf`), not once per profile: clippy,
+//!   the debug, test and release builds each run this script, and the eBPF build (with `core`
+//!   from source) takes over a minute on two cores. Its own cargo keeps it up to date.
 //! - `AYA_BUILD_SKIP=1` skips the eBPF build (quick clippy/check runs): an empty object is
 //!   embedded and the agent refuses `--redirect-cgroup` with a message saying so.
 
@@ -56,19 +59,49 @@ fn main() -> anyhow::Result<()> {
         env::set_var("RUSTC_BOOTSTRAP", "1");
     }
     let ebpf_dir_str = ebpf_dir.to_str().context("non-UTF-8 path")?;
-    aya_build::build_ebpf(
+    // aya-build builds under, and copies the object to, its OUT_DIR: point it at the shared
+    // folder for the child build, then copy the object into this profile's own OUT_DIR.
+    let shared = shared_dir(&out_dir);
+    std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    // SAFETY: as above.
+    unsafe { env::set_var("OUT_DIR", &shared) };
+    let built = aya_build::build_ebpf(
         [aya_build::Package {
             name: EBPF_PACKAGE,
             root_dir: ebpf_dir_str,
             ..Default::default()
         }],
         aya_build::Toolchain::Custom(&toolchain),
-    )
-    .context("building the eBPF programs (connectors-ebpf)")?;
-    if !object.is_file() {
-        bail!("aya-build did not produce {}", object.display());
+    );
+    // SAFETY: as above.
+    unsafe { env::set_var("OUT_DIR", &out_dir) };
+    built.context("building the eBPF programs (connectors-ebpf)")?;
+    let shared_object = shared.join(EBPF_PACKAGE);
+    if !shared_object.is_file() {
+        bail!("aya-build did not produce {}", shared_object.display());
     }
+    // Through a temporary name, so the embedded file is never half written.
+    let partial = out_dir.join(format!("{EBPF_PACKAGE}.partial"));
+    std::fs::copy(&shared_object, &partial)
+        .with_context(|| format!("copying {}", shared_object.display()))?;
+    std::fs::rename(&partial, &object).with_context(|| format!("writing {}", object.display()))?;
     Ok(())
+}
+
+/// `<target>/ebpf`, from `OUT_DIR` = `<target>[/<triple>]/<profile>/build/<package>-<hash>/out`;
+/// OUT_DIR itself when it is not laid out that way.
+fn shared_dir(out_dir: &Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .nth(4)
+        .filter(|_| {
+            out_dir
+                .parent()
+                .and_then(Path::parent)
+                .and_then(Path::file_name)
+                == Some("build".as_ref())
+        })
+        .map_or_else(|| out_dir.to_owned(), |target| target.join("ebpf"))
 }
 
 fn skipped() -> bool {
