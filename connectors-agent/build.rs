@@ -91,17 +91,13 @@ fn main() -> anyhow::Result<()> {
 /// `<target>/ebpf`, from `OUT_DIR` = `<target>[/<triple>]/<profile>/build/<package>-<hash>/out`;
 /// OUT_DIR itself when it is not laid out that way.
 fn shared_dir(out_dir: &Path) -> PathBuf {
-    out_dir
-        .ancestors()
-        .nth(4)
-        .filter(|_| {
-            out_dir
-                .parent()
-                .and_then(Path::parent)
-                .and_then(Path::file_name)
-                == Some("build".as_ref())
-        })
-        .map_or_else(|| out_dir.to_owned(), |target| target.join("ebpf"))
+    let mut up = out_dir.ancestors();
+    match (up.nth(2), up.nth(1)) {
+        (Some(build), Some(target)) if build.file_name() == Some("build".as_ref()) => {
+            target.join("ebpf")
+        }
+        _ => out_dir.to_owned(),
+    }
 }
 
 fn skipped() -> bool {

@@ -326,6 +326,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.response_timeout, Duration::from_millis(1500));
+        // The command line's defaults are the proxy's own (tests and embedders use those).
+        let d = crate::proxy::ProxySettings::default();
+        assert_eq!(a.header_timeout, d.timeouts.header);
+        assert_eq!(a.idle_timeout, d.timeouts.idle);
+        assert_eq!(a.connect_timeout, d.connect_timeout);
         assert_eq!(
             a.ca_paths().map(|p| p.0),
             Some(PathBuf::from("/tmp/x/ca.crt"))
